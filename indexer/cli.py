@@ -1,0 +1,148 @@
+"""`indexer`: keep a Qdrant collection in sync with a folder of catalogue images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from indexer.cli_common import emit_json, open_catalogue, progress_bar, reports_errors, store_options, table
+from indexer.encoders import MODEL_ENV_VAR
+from indexer.errors import EXIT_PARTIAL
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="catalogue-indexer")
+def main() -> None:
+    """Index a brand's catalogue photos (one clean image per product) for visual search.
+
+    \b
+    Examples:
+      indexer sync ./dam --model efficientnet-lite0
+      indexer sync ./dam --manifest products.csv --json
+      indexer info
+    """
+
+
+def _parse_renames(values: tuple[str, ...]) -> dict[str, str]:
+    renames = {}
+    for value in values:
+        old, sep, new = value.partition("=")
+        if not sep or not old or not new:
+            raise click.BadParameter(f"{value!r}: expected OLD=NEW, e.g. MMC=product_id", param_hint="--manifest-column")
+        renames[old] = new
+    return renames
+
+
+@main.command()
+@click.argument("dam", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    envvar=MODEL_ENV_VAR,
+    help="Hugging Face CLIP id or local folder, or an offline model (efficientnet-lite0, efficientnet-lite2); "
+    "comma-separate several for an ensemble. Default: the collection's model, else patrickjohncyh/fashion-clip "
+    f"[env {MODEL_ENV_VAR}].",
+)
+@store_options
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False), help="CSV with a 'file' or 'product_id' column, optional 'category' and any other columns (stored under 'meta').")
+@click.option("--manifest-column", "manifest_columns", multiple=True, metavar="OLD=NEW", help="Rename a manifest column, e.g. MMC=product_id. Repeatable.")
+@click.option("--id-pattern", metavar="REGEX", help=r"Product id from the file stem: first group of REGEX, e.g. '^(.+?)(_\d+)?$' maps CODE_2.jpg to CODE.")
+@click.option("--reindex", is_flag=True, help="Drop the collection and encode everything again (needed to change model).")
+@click.option("--dry-run", is_flag=True, help="Only report what would change.")
+@click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto.")
+@click.option("--batch-size", type=click.IntRange(1), help="Images per model batch [default: 32].")
+@click.option("--workers", type=click.IntRange(1), default=4, show_default=True, help="Threads reading, decoding and preprocessing images.")
+@click.option("--colours", type=click.IntRange(1, 16), default=3, show_default=True, help="Palette size (k of the colour k-means).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manifest_columns, id_pattern, reindex, dry_run, device, batch_size, workers, colours, as_json, quiet) -> None:
+    """Make the collection mirror the DAM folder DAM.
+
+    Walks DAM recursively (.jpg .jpeg .png .webp), encodes new and changed
+    images, deletes points of vanished files, and skips the rest without
+    reading them. Safe to interrupt: run it again to finish.
+
+    \b
+    Exit codes: 0 done, 7 done but some files failed (listed on stderr),
+    3 bad input, 4 store unavailable, 5 model mismatch, 6 model not loadable.
+    """
+    from indexer.scan import compile_id_pattern, read_manifest, scan
+    from indexer.sync import sync as run_sync
+
+    sources = scan(
+        dam,
+        id_pattern=compile_id_pattern(id_pattern),
+        manifest=read_manifest(manifest, _parse_renames(manifest_columns)) if manifest else None,
+    )
+    catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
+    bar = None
+
+    def on_plan(total: int) -> None:
+        nonlocal bar
+        bar = progress_bar(total, "encoding", enabled=not quiet and total > 0)
+
+    try:
+        report = run_sync(
+            dam, sources, catalogue, model=model, reindex=reindex, dry_run=dry_run, device=device,
+            batch_size=batch_size, workers=workers, colours=colours,
+            on_plan=on_plan, progress=lambda n: bar.update(n) if bar else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    for path, error in report.failed:
+        click.echo(f"failed: {path}: {error}", err=True)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        _print_summary(dam, report)
+    if report.failed:
+        raise SystemExit(EXIT_PARTIAL)
+
+
+def _print_summary(dam: Path, report) -> None:
+    data = report.to_dict()
+    verb = "Would sync" if report.dry_run else "Synced"
+    click.echo(f"{verb} {dam} into collection '{report.collection}' ({', '.join(report.models)}) in {report.seconds:.1f} s")
+    rows = [(k, data[k] if k != "failed" else len(report.failed)) for k in ("added", "updated", "deleted", "unchanged", "failed")]
+    click.echo(table(("", "images"), rows, align="lr"))
+    if report.encoded:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in data["stages"].items() if k in ("read", "decode", "colour", "preprocess", "encode", "upsert"))
+        click.echo(f"Encoded {report.encoded} images at {data['images_per_second']} images/s ({stages}; worker stages summed over threads)")
+
+
+@main.command()
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@reports_errors
+def info(qdrant_path, qdrant_url, collection, as_json) -> None:
+    """Show what a collection holds: models, DAM root, image and product counts."""
+    from indexer.errors import BadInputError
+
+    catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
+    if not catalogue.exists():
+        raise BadInputError(f"no collection '{collection}' in this store; create it with: indexer sync DAM_FOLDER")
+    images = list(catalogue.indexed_images())
+    meta = catalogue.metadata()
+    data = {
+        "collection": collection,
+        "images": len(images),
+        "products": len({i.product_id for i in images}),
+        "categories": sorted({i.category for i in images if i.category}),
+        "models": meta.get("models", []),
+        "root": meta.get("root"),
+        "schema": meta.get("schema"),
+    }
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"collection  {collection}\nimages      {data['images']}\nproducts    {data['products']}\nroot        {data['root']}")
+    for m in data["models"]:
+        click.echo(f"model       {m['model']}  (vector '{m['vector']}', {m['dim']}-d)")
+    if data["categories"]:
+        click.echo(f"categories  {', '.join(data['categories'])}")
+
+
+if __name__ == "__main__":
+    main()

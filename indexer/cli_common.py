@@ -1,0 +1,102 @@
+"""What the `indexer` and `search` commands share: store options, error reporting, output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+import click
+
+from indexer.errors import CatalogueError
+from indexer.store import DEFAULT_COLLECTION
+
+
+def store_options(command: Callable) -> Callable:
+    """--qdrant-path / --qdrant-url / --collection, each also read from the environment."""
+    decorators = [
+        click.option(
+            "--qdrant-path",
+            type=click.Path(file_okay=False),
+            envvar="CATALOGUE_QDRANT_PATH",
+            help="Embedded Qdrant folder [env CATALOGUE_QDRANT_PATH; default ~/.local/share/catalogue-indexer/qdrant].",
+        ),
+        click.option(
+            "--qdrant-url",
+            envvar="QDRANT_URL",
+            help="Qdrant server URL instead of the embedded store [env QDRANT_URL]; API key from QDRANT_API_KEY.",
+        ),
+        click.option(
+            "--collection",
+            default=DEFAULT_COLLECTION,
+            show_default=True,
+            envvar="CATALOGUE_COLLECTION",
+            help="Collection name [env CATALOGUE_COLLECTION].",
+        ),
+    ]
+    for decorate in reversed(decorators):
+        command = decorate(command)
+    return command
+
+
+def open_catalogue(qdrant_path: str | None, qdrant_url: str | None, collection: str):
+    import os
+
+    from indexer.store import Catalogue, open_client
+
+    if qdrant_path and qdrant_url:
+        raise click.UsageError("give --qdrant-path or --qdrant-url, not both")
+    client = open_client(path=None if qdrant_url else qdrant_path, url=qdrant_url, api_key=os.environ.get("QDRANT_API_KEY"))
+    # Release the embedded store's lock when the command ends, not at interpreter teardown.
+    click.get_current_context().call_on_close(client.close)
+    return Catalogue(client, collection)
+
+
+def reports_errors(command: Callable) -> Callable:
+    """Turn CatalogueError into one line on stderr and its exit code; Ctrl-C into exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except CatalogueError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted. Run the same command again to finish; nothing written is lost.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """A plain text table; `align` has one 'l' or 'r' per column (numbers right by default)."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    if align is None:
+        align = "".join("r" if rows and isinstance(rows[0][i], (int, float)) else "l" for i in range(len(headers)))
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(row, widths, align)]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def progress_bar(total: int, description: str, enabled: bool):
+    """A tqdm bar on stderr; silent when disabled or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="img", file=sys.stderr, disable=None if enabled else True, dynamic_ncols=True)

@@ -1,0 +1,54 @@
+"""CLIP image tower from any Hugging Face checkpoint (FashionCLIP by default).
+
+Only the vision encoder and its projection are loaded, and the image
+processor comes from the same checkpoint, so preprocessing cannot drift from
+what the weights were trained with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from indexer.encoders import Encoder
+from indexer.encoders import _torch
+from indexer.errors import ModelLoadError
+
+
+class CLIPEncoder(Encoder):
+    def __init__(self, name_or_path: str, *, device: str = "cpu"):
+        import transformers
+        from transformers import AutoConfig, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        transformers.logging.set_verbosity_error()  # the text tower's unused weights are expected
+        try:
+            config = AutoConfig.from_pretrained(name_or_path)
+            if isinstance(config, CLIPVisionConfig):
+                vision_config = config
+            elif hasattr(config, "vision_config") and config.model_type == "clip":
+                vision_config = config.vision_config
+                vision_config.projection_dim = config.projection_dim
+            else:
+                raise ModelLoadError(
+                    f"model {name_or_path!r} is a {config.model_type!r} checkpoint, not CLIP; "
+                    "pass a CLIP checkpoint or one of the offline models"
+                )
+            model = CLIPVisionModelWithProjection.from_pretrained(name_or_path, config=vision_config)
+            self._processor = CLIPImageProcessor.from_pretrained(name_or_path)
+        except (OSError, ValueError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"cannot load model {name_or_path!r}: {first_line}. Pass a local checkpoint folder with "
+                "--model, or use --model efficientnet-lite0 to work offline"
+            ) from None
+        self.model_id = name_or_path
+        self.device = device
+        self.dim = int(vision_config.projection_dim)
+        self._model = _torch.prepare(model, device)
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        pixels = self._processor(images=image, return_tensors="np")["pixel_values"]
+        return pixels[0].astype(np.float32)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return _torch.run(lambda x: self._model(pixel_values=x).image_embeds, batch, self.device)

@@ -1,0 +1,39 @@
+"""Errors a user can act on, each with the exit code the CLIs return for it.
+
+    CatalogueError          exit 1   anything the user can fix; the message says how
+    +-- BadInputError       exit 3   a missing folder, a file that is not a usable image
+    +-- StoreUnavailable    exit 4   Qdrant unreachable, or the embedded store is locked
+    +-- ModelMismatch       exit 5   the collection was built with another model
+    +-- ModelLoadError      exit 6   the model cannot be loaded (not found, no network)
+
+A sync that indexes everything it can but meets bad files exits 7
+(`EXIT_PARTIAL`), after reporting each file. Programming errors are not
+caught: they should surface as tracebacks and bug reports.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_PARTIAL = 7
+
+
+class CatalogueError(Exception):
+    """Base class: the message is one line a user can act on."""
+
+    exit_code = 1
+
+
+class BadInputError(CatalogueError):
+    exit_code = 3
+
+
+class StoreUnavailable(CatalogueError):
+    exit_code = 4
+
+
+class ModelMismatch(CatalogueError):
+    exit_code = 5
+
+
+class ModelLoadError(CatalogueError):
+    exit_code = 6

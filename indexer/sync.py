@@ -1,0 +1,333 @@
+"""Make the collection mirror a DAM folder, encoding only what changed.
+
+Plan: compare the folder with the collection. Same size and mtime means
+unchanged (no read at all); same size but another mtime is confirmed by the
+content hash; anything else is re-encoded. Points of vanished files are
+deleted. Metadata-only changes (manifest, id rule) rewrite payloads.
+
+Run: deletions, payload fixes, then the images to encode stream through
+worker threads (read, hash, decode, colours, preprocess) into model batches
+and are upserted batch by batch. Point ids derive from paths and each point
+is written whole, so killing a sync at any moment and running it again
+converges: written points are unchanged next time, the rest is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from indexer.encoders import Encoder, default_model, load_encoder, model_id_for
+from indexer.errors import BadInputError
+from indexer.images import load_rgb
+from indexer.scan import SourceImage
+from indexer.store import Catalogue, IndexedImage, ModelSpec, point_id
+
+#: JPEGs decode at reduced scale down to this short side: models need 224-260 px, colours 96.
+DECODE_SHORT_SIDE = 512
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class SyncReport:
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    metadata_only: int = 0  # of `updated`: payload rewritten, image not re-encoded
+    encoded: int = 0
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+    dry_run: bool = False
+    collection: str = ""
+    models: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "unchanged": self.unchanged,
+            "failed": [{"path": p, "error": e} for p, e in self.failed],
+            "metadata_only": self.metadata_only,
+            "encoded": self.encoded,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.encoded / self.stages["encode_wall"], 2) if self.encoded else None,
+            "stages": {k: round(v, 3) for k, v in self.stages.items()},
+            "dry_run": self.dry_run,
+            "collection": self.collection,
+            "models": self.models,
+        }
+
+
+@dataclass
+class _Plan:
+    to_encode: list[tuple[SourceImage, str | None]]  # (image, known hash: skip encoding if it still matches)
+    payload_only: list[tuple[SourceImage, IndexedImage]]
+    to_delete: list[IndexedImage]
+    unchanged: int
+    new: set[str]
+
+
+@dataclass
+class _Prepared:
+    source: SourceImage
+    sha256: str
+    inputs: list[np.ndarray] | None = None  # one per encoder; None when the hash proved it unchanged
+    colour: dict | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def sync(
+    root: Path,
+    sources: list[SourceImage],
+    catalogue: Catalogue,
+    *,
+    model: str | None = None,
+    reindex: bool = False,
+    dry_run: bool = False,
+    device: str = "auto",
+    batch_size: int | None = None,
+    workers: int = 4,
+    colours: int = 3,
+    progress: Callable[[int], object] | None = None,
+    on_plan: Callable[[int], object] | None = None,
+    encoder_loader: Callable[..., Encoder] = load_encoder,
+) -> SyncReport:
+    """Bring `catalogue` in line with `sources` (the scan of `root`).
+
+    `model` (comma-separated for several encoders) defaults to the models the
+    collection already holds, or the default model for a new collection.
+    `on_plan(total)` is called once the number of images to read is known,
+    `progress(n)` as they are done.
+    """
+    started = time.perf_counter()
+    if not sources:
+        raise BadInputError(f"{root}: no images found (.jpg .jpeg .png .webp); nothing was changed")
+    exists = catalogue.exists()
+    recorded = catalogue.models() if exists else []
+    if model:
+        wanted = [model_id_for(m.strip()) for m in model.split(",") if m.strip()]
+    elif recorded and not reindex:
+        wanted = [m.model for m in recorded]
+    else:
+        wanted = [model_id_for(default_model())]
+    if exists and not reindex:
+        catalogue.check_models(wanted)
+
+    report = SyncReport(dry_run=dry_run, collection=catalogue.name, models=wanted)
+    indexed = {} if (reindex or not exists) else {image.path: image for image in catalogue.indexed_images()}
+    plan = _plan(sources, indexed)
+    if dry_run:
+        _count_dry_run(plan, report)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    encoders: list[Encoder] = []
+    if plan.to_encode or reindex or not exists:
+        encoders = [encoder_loader(m, device=device, batch_size=batch_size) for m in wanted]
+        specs = [ModelSpec(e.model_id, e.dim) for e in encoders]
+        if reindex:
+            catalogue.drop()
+        if catalogue.exists():
+            catalogue.check_models(wanted, dims=[s.dim for s in specs])
+        else:
+            catalogue.create(specs, root=str(root.resolve()))
+    if catalogue.metadata().get("root") != str(root.resolve()):
+        catalogue.update_metadata(catalogue.models(), root=str(root.resolve()))
+
+    t = time.perf_counter()
+    catalogue.delete([image.point_id for image in plan.to_delete])
+    for source, stored in plan.payload_only:
+        catalogue.set_payload(stored.point_id, _metadata_payload(source, stored.sha256))
+    report.deleted = len(plan.to_delete)
+    report.metadata_only = len(plan.payload_only)
+    report.unchanged = plan.unchanged
+    report.stages["store_fixes"] = time.perf_counter() - t
+
+    if on_plan:
+        on_plan(len(plan.to_encode))
+    _encode_all(plan, encoders, catalogue, report, workers=workers, colours=colours, progress=progress)
+    report.updated += report.metadata_only
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _plan(sources: list[SourceImage], indexed: dict[str, IndexedImage]) -> _Plan:
+    to_encode: list[tuple[SourceImage, str | None]] = []
+    payload_only = []
+    unchanged = 0
+    new = set()
+    for source in sources:
+        stored = indexed.get(source.relative)
+        if stored is None or stored.point_id != point_id(source.relative):
+            to_encode.append((source, None))
+            new.add(source.relative)
+        elif stored.size != source.size:
+            to_encode.append((source, None))
+        elif stored.mtime_ns != source.mtime_ns:
+            to_encode.append((source, stored.sha256))  # probably touched only: the hash decides
+        elif _metadata_differs(source, stored):
+            payload_only.append((source, stored))
+        else:
+            unchanged += 1
+    present = {source.relative for source in sources}
+    to_delete = [image for path, image in indexed.items() if path not in present]
+    return _Plan(to_encode, payload_only, to_delete, unchanged, new)
+
+
+def _count_dry_run(plan: _Plan, report: SyncReport) -> None:
+    """What a real run would do; suspected changes are confirmed by hashing, nothing is decoded."""
+    for source, known in plan.to_encode:
+        if source.relative in plan.new:
+            report.added += 1
+        elif known is not None and _sha256(source.path.read_bytes()) == known:
+            report.unchanged += 1
+        else:
+            report.updated += 1
+    report.updated += len(plan.payload_only)
+    report.metadata_only = len(plan.payload_only)
+    report.deleted = len(plan.to_delete)
+    report.unchanged += plan.unchanged
+
+
+def _metadata_differs(source: SourceImage, stored: IndexedImage) -> bool:
+    return (source.product_id, source.category, source.meta) != (stored.product_id, stored.category, stored.meta)
+
+
+def _metadata_payload(source: SourceImage, sha256: str) -> dict:
+    """Every payload field except the colours, which only change with the pixels."""
+    return {
+        "product_id": source.product_id,
+        "path": source.relative,
+        "category": source.category,
+        "meta": source.meta,
+        "file": {"size": source.size, "mtime_ns": source.mtime_ns, "sha256": sha256},
+    }
+
+
+def _prepare(
+    source: SourceImage, known_sha256: str | None, encoders: list[Encoder], colours: int
+) -> _Prepared:
+    """Worker-thread stage: read, hash, decode, colours, model inputs. Never raises for bad files."""
+    from indexer.colour import extract_palette  # scipy: only paid for when something is encoded
+
+    t0 = time.perf_counter()
+    try:
+        data = source.path.read_bytes()
+    except OSError as exc:
+        return _Prepared(source, "", error=f"cannot read ({exc.strerror or exc})")
+    sha = _sha256(data)
+    t1 = time.perf_counter()
+    if sha == known_sha256:
+        return _Prepared(source, sha, timings={"read": t1 - t0})  # touched, not changed
+    try:
+        image = load_rgb(data, name=source.relative, draft=DECODE_SHORT_SIDE)
+    except BadInputError as exc:
+        return _Prepared(source, sha, error=str(exc).removeprefix(f"{source.relative}: "))
+    t2 = time.perf_counter()
+    colour = extract_palette(image, k=colours).to_payload()
+    t3 = time.perf_counter()
+    inputs = [encoder.preprocess(image) for encoder in encoders]
+    t4 = time.perf_counter()
+    timings = {"read": t1 - t0, "decode": t2 - t1, "colour": t3 - t2, "preprocess": t4 - t3}
+    return _Prepared(source, sha, inputs=inputs, colour=colour, timings=timings)
+
+
+def _encode_all(
+    plan: _Plan,
+    encoders: list[Encoder],
+    catalogue: Catalogue,
+    report: SyncReport,
+    *,
+    workers: int,
+    colours: int,
+    progress: Callable[[int], object] | None,
+) -> None:
+    """Stream the images to encode through worker threads into model batches and upserts."""
+    from qdrant_client import models as qm
+
+    stages = dict.fromkeys(("read", "decode", "colour", "preprocess", "encode", "upsert"), 0.0)
+    vector_names = [ModelSpec(e.model_id, e.dim).vector for e in encoders]
+    batch_size = max((e.batch_size for e in encoders), default=32)
+    batch: list[_Prepared] = []
+    started = time.perf_counter()
+
+    def flush() -> None:
+        t0 = time.perf_counter()
+        vectors = [encoder.embed_batch([item.inputs[i] for item in batch]) for i, encoder in enumerate(encoders)]
+        t1 = time.perf_counter()
+        catalogue.upsert(
+            [
+                qm.PointStruct(
+                    id=point_id(item.source.relative),
+                    vector={name: vectors[i][row].tolist() for i, name in enumerate(vector_names)},
+                    payload={**_metadata_payload(item.source, item.sha256), "colour": item.colour},
+                )
+                for row, item in enumerate(batch)
+            ]
+        )
+        stages["encode"] += t1 - t0
+        stages["upsert"] += time.perf_counter() - t1
+        for item in batch:
+            if item.source.relative in plan.new:
+                report.added += 1
+            else:
+                report.updated += 1
+        report.encoded += len(batch)
+        if progress:
+            progress(len(batch))
+        batch.clear()
+
+    def prepare(job: tuple[SourceImage, str | None]) -> _Prepared:
+        return _prepare(job[0], job[1], encoders, colours)
+
+    for item in _bounded_map(prepare, plan.to_encode, workers, window=4 * batch_size):
+        for stage, seconds in item.timings.items():
+            stages[stage] += seconds
+        if item.inputs is not None:
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush()
+            continue
+        if item.error is not None:
+            report.failed.append((item.source.relative, item.error))
+            if item.source.relative not in plan.new:
+                # The file changed into something unreadable: its old vector no longer describes it.
+                catalogue.delete([point_id(item.source.relative)])
+        else:
+            catalogue.set_payload(point_id(item.source.relative), _metadata_payload(item.source, item.sha256))
+            report.unchanged += 1
+        if progress:
+            progress(1)
+    if batch:
+        flush()
+    stages["encode_wall"] = time.perf_counter() - started
+    report.stages.update(stages)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int) -> Iterator[R]:
+    """`map` over a thread pool, in order, with at most `window` results waiting in memory."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -1,0 +1,141 @@
+"""Fixtures: real components, small.
+
+- CLIP checkpoints are real transformers classes with tiny random configs,
+  saved with `save_pretrained` and loaded by the production code path.
+- Stores are real embedded Qdrant folders under tmp_path.
+- Catalogue images are real files: a few copies of the sample DAM plus
+  generated studio-style shots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+DATA = Path(__file__).parent / "data"
+
+# Nothing in the tests may reach a model hub: checkpoints are built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _save_tiny_clip(folder: Path, projection_dim: int, seed: int) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                         vocab_size=99, max_position_embeddings=32),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=32, patch_size=8),
+        projection_dim=projection_dim,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """A random CLIP checkpoint folder (16-d image embeddings)."""
+    return str(_save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), projection_dim=16, seed=0))
+
+
+@pytest.fixture(scope="session")
+def other_clip(tmp_path_factory) -> str:
+    """A second, different checkpoint (24-d): for model-mismatch tests."""
+    return str(_save_tiny_clip(tmp_path_factory.mktemp("other-clip"), projection_dim=24, seed=1))
+
+
+def studio_shot(path: Path, colour: tuple[int, int, int], shape: str = "ellipse", size: int = 128) -> Path:
+    """A product-like picture: one coloured shape on a white backdrop."""
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    box = (size // 5, size // 4, size - size // 5, size - size // 6)
+    getattr(draw, shape)(box, fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def dam(tmp_path) -> Path:
+    """A small DAM folder: 12 real catalogue images plus 4 generated ones in a subfolder."""
+    root = tmp_path / "dam"
+    shutil.copytree(DATA / "dam", root)
+    studio_shot(root / "generated" / "RED-BAG.png", (200, 20, 30))
+    studio_shot(root / "generated" / "BLUE-BAG.png", (20, 40, 200))
+    studio_shot(root / "generated" / "GREEN-SHOE.webp", (30, 160, 60), shape="rectangle")
+    studio_shot(root / "generated" / "BLACK-BELT.JPG", (15, 15, 15), shape="rectangle")
+    return root
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    return str(tmp_path / "qdrant")
+
+
+@pytest.fixture
+def cli():
+    """Run a CLI command in-process; returns click's Result (stdout, stderr, exit_code)."""
+    from indexer.cli import main as indexer_main
+    from search.cli import main as search_main
+
+    runner = CliRunner()
+    commands = {"indexer": indexer_main, "search": search_main}
+
+    def invoke(program: str, *args: str, env: dict | None = None):
+        return runner.invoke(commands[program], [str(a) for a in args], catch_exceptions=False, env=env)
+
+    return invoke
+
+
+@pytest.fixture
+def synced(cli, dam, store, tiny_clip):
+    """A DAM folder already synced into an embedded store with the tiny CLIP."""
+    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def encode_calls(monkeypatch) -> list[int]:
+    """Records the batch size of every real model call made through the Encoder interface."""
+    from indexer.encoders import Encoder
+
+    calls: list[int] = []
+    original = Encoder.embed_batch
+
+    def spy(self, inputs):
+        calls.append(len(inputs))
+        return original(self, inputs)
+
+    monkeypatch.setattr(Encoder, "embed_batch", spy)
+    return calls
+
+
+def open_store(path: str):
+    """A client on the embedded store, for assertions; close it before the next CLI call."""
+    from qdrant_client import QdrantClient
+
+    return QdrantClient(path=path)
+
+
+def all_points(path: str, collection: str = "catalogue", with_vectors: bool = False) -> list:
+    client = open_store(path)
+    try:
+        points, _ = client.scroll(collection, limit=10_000, with_payload=True, with_vectors=with_vectors)
+        return points
+    finally:
+        client.close()
+
+
+def unit_norms(points, vector: str) -> np.ndarray:
+    return np.array([np.linalg.norm(p.vector[vector]) for p in points])

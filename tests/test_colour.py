@@ -1,0 +1,63 @@
+"""Dominant colours: CIELAB conversion, backdrop removal, palettes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from conftest import DATA
+from indexer.colour import Palette, extract_palette, foreground_mask, lab_distance, srgb_to_lab
+from indexer.images import load_rgb
+
+
+def test_srgb_to_lab_matches_reference_values():
+    # Reference values: CIE L*a*b* (D65) of the sRGB primaries and white.
+    rgb = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0]], dtype=np.uint8)
+    expected = np.array(
+        [[53.24, 80.09, 67.20], [87.73, -86.18, 83.18], [32.30, 79.19, -107.86], [100.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    )
+    assert np.allclose(srgb_to_lab(rgb), expected, atol=0.05)
+
+
+def test_product_colour_ignores_the_white_backdrop():
+    image = Image.new("RGB", (200, 200), "white")
+    ImageDraw.Draw(image).ellipse((60, 60, 140, 140), fill=(20, 20, 20))  # small black product
+    palette = extract_palette(image)
+    assert palette.dominant[0] < 15  # black, although most pixels are white
+    assert 0.1 < palette.foreground_share < 0.25
+
+
+def test_white_details_enclosed_by_the_product_stay_foreground():
+    image = Image.new("RGB", (100, 100), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((20, 20, 80, 80), fill=(150, 0, 0))
+    draw.rectangle((40, 40, 60, 60), fill="white")  # a white dial inside a red case
+    small_lab = srgb_to_lab(np.asarray(image.resize((96, 96))))
+    mask = foreground_mask(small_lab)
+    assert mask[48, 48] and not mask[2, 2]
+
+
+def test_photo_without_flat_backdrop_uses_every_pixel():
+    rng = np.random.default_rng(0)
+    clutter = Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))
+    assert extract_palette(clutter).foreground_share == 1.0
+
+
+def test_all_white_image_falls_back_to_the_whole_image():
+    palette = extract_palette(Image.new("RGB", (50, 50), "white"))
+    assert palette.foreground_share == 1.0 and palette.dominant[0] > 99
+
+
+def test_palette_weights_are_sorted_and_sum_to_one():
+    palette = extract_palette(load_rgb(DATA / "dam" / "M3550HLEZJM900.jpeg"), k=3)
+    assert len(palette.weights) <= 3 and np.isclose(palette.weights.sum(), 1.0)
+    assert list(palette.weights) == sorted(palette.weights, reverse=True)
+    restored = Palette.from_payload(palette.to_payload())
+    assert np.allclose(restored.lab, palette.lab, atol=0.01)
+
+
+def test_distinct_colours_are_far_apart_and_shades_close():
+    red, dark_red, blue = srgb_to_lab(np.array([[200, 20, 20], [170, 15, 15], [20, 20, 200]], dtype=np.uint8))
+    assert lab_distance(red, dark_red) < 15 < 60 < lab_distance(red, blue)

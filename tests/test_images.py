@@ -1,0 +1,98 @@
+"""Decoding: whatever PIL opens comes out upright 8-bit RGB, or as a one-line BadInputError."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.errors import BadInputError
+from indexer.images import load_rgb
+
+
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_is_applied():
+    # A landscape sensor image tagged "rotate 90 CW to view" must come out portrait.
+    image = Image.new("RGB", (60, 40), "white")
+    image.paste((255, 0, 0), (0, 0, 10, 40))  # red stripe on the left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = load_rgb(encoded(image, "JPEG", exif=exif.tobytes(), quality=95))
+    assert out.size == (40, 60)
+    top = np.asarray(out)[:5].mean(axis=(0, 1))
+    assert top[0] > 200 and top[1] < 80  # the left stripe is now on top
+
+
+def test_alpha_is_composited_on_white():
+    image = Image.new("RGBA", (20, 20), (0, 0, 0, 0))
+    image.paste((0, 0, 255, 255), (5, 5, 15, 15))
+    out = np.asarray(load_rgb(encoded(image, "PNG")))
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    assert tuple(out[10, 10]) == (0, 0, 255)
+
+
+def test_palette_with_transparency_is_composited_on_white():
+    image = Image.new("P", (20, 20), 0)
+    image.putpalette([0, 0, 0, 200, 0, 0] + [0] * 762)
+    image.paste(1, (5, 5, 15, 15))
+    out = np.asarray(load_rgb(encoded(image, "PNG", transparency=0)))
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    assert tuple(out[10, 10]) == (200, 0, 0)
+
+
+def test_cmyk_becomes_rgb():
+    image = Image.new("CMYK", (10, 10), (0, 255, 255, 0))  # pure red in CMYK
+    out = load_rgb(encoded(image, "JPEG", quality=95))
+    r, g, b = np.asarray(out).reshape(-1, 3).mean(axis=0)
+    assert out.mode == "RGB" and r > 200 and g < 60 and b < 60
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped():
+    values = np.full((8, 8), 32768, dtype=np.uint16)  # mid grey in 16 bits
+    out = load_rgb(encoded(Image.fromarray(values), "PNG"))
+    assert out.mode == "RGB"
+    assert abs(int(np.asarray(out)[0, 0, 0]) - 128) <= 1
+
+
+def test_grey_and_webp_load():
+    assert load_rgb(encoded(Image.new("L", (9, 9), 77), "PNG")).getpixel((0, 0)) == (77, 77, 77)
+    assert load_rgb(encoded(Image.new("RGB", (9, 9), (10, 200, 10)), "WEBP", lossless=True)).size == (9, 9)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty file"),
+        (b"hello, not an image", "not an image"),
+        (encoded(Image.new("RGB", (300, 300), "red"), "JPEG")[:400], "unreadable image"),
+        (encoded(Image.new("RGB", (64, 64), "red"), "PNG")[:60], "unreadable image"),
+    ],
+)
+def test_unusable_bytes_raise_one_line(data, message):
+    with pytest.raises(BadInputError) as error:
+        load_rgb(data, name="x.jpg")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_decompression_bomb_is_refused_before_decoding(monkeypatch):
+    monkeypatch.setenv("CATALOGUE_MAX_PIXELS", "10000")
+    with pytest.raises(BadInputError, match="pixel limit"):
+        load_rgb(encoded(Image.new("RGB", (200, 100)), "PNG"))
+
+
+def test_jpeg_draft_decodes_smaller_but_not_below_the_asked_side():
+    big = encoded(Image.new("RGB", (2000, 1500), (30, 60, 90)), "JPEG")
+    out = load_rgb(big, draft=300)
+    assert min(out.size) >= 300 and out.size[0] < 2000
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(BadInputError, match="no such file"):
+        load_rgb(tmp_path / "absent.jpg")

@@ -1,0 +1,263 @@
+"""`indexer sync`: a true sync of a DAM folder into an embedded Qdrant collection."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA, all_points, studio_shot, unit_norms
+from indexer.store import point_id, vector_name
+
+
+def sync_json(cli, *args):
+    result = cli("indexer", "sync", *args, "--json")
+    return result, (json.loads(result.stdout) if result.stdout.strip().startswith("{") else None)
+
+
+def test_first_sync_indexes_every_image_with_vector_colour_and_ids(synced, dam, store, tiny_clip):
+    assert synced["added"] == 16 and synced["failed"] == [] and synced["encoded"] == 16
+    points = all_points(store, with_vectors=True)
+    assert len(points) == 16
+    by_path = {p.payload["path"]: p for p in points}
+    assert "generated/GREEN-SHOE.webp" in by_path and "generated/BLACK-BELT.JPG" in by_path  # recursive, any case
+    shoe = by_path["generated/GREEN-SHOE.webp"]
+    assert shoe.payload["product_id"] == "GREEN-SHOE"
+    assert str(shoe.id) == point_id("generated/GREEN-SHOE.webp")
+    assert shoe.payload["file"]["sha256"] and shoe.payload["file"]["size"] == (dam / "generated/GREEN-SHOE.webp").stat().st_size
+    # The colour comes from the product, not the white backdrop: a green hue (negative a*).
+    dominant = shoe.payload["colour"]["dominant"]
+    assert dominant["a"] < -30 and dominant["L"] < 80
+    assert len(shoe.payload["colour"]["palette"]) <= 3
+    name = vector_name(tiny_clip)
+    assert np.allclose(unit_norms(points, name), 1.0, atol=1e-4)
+    assert len(shoe.vector[name]) == 16
+
+
+def test_resync_with_nothing_changed_encodes_nothing(synced, cli, dam, store, tiny_clip, encode_calls):
+    result, report = sync_json(cli, dam, "--qdrant-path", store)  # the collection remembers its model
+    assert result.exit_code == 0
+    assert report["unchanged"] == 16
+    assert (report["added"], report["updated"], report["deleted"], report["encoded"]) == (0, 0, 0, 0)
+    assert encode_calls == []
+
+
+def test_changed_file_is_reencoded_in_place(synced, cli, dam, store, encode_calls):
+    target = dam / "generated" / "RED-BAG.png"
+    before = {p.payload["path"]: p for p in all_points(store, with_vectors=True)}["generated/RED-BAG.png"]
+    studio_shot(target, (20, 200, 30), shape="rectangle")  # now a green rectangle
+    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    assert result.exit_code == 0
+    assert (report["updated"], report["added"], report["unchanged"]) == (1, 0, 15)
+    assert encode_calls == [1]
+    after = {p.payload["path"]: p for p in all_points(store, with_vectors=True)}
+    assert len(after) == 16
+    changed = after["generated/RED-BAG.png"]
+    assert changed.id == before.id
+    assert changed.payload["file"]["sha256"] != before.payload["file"]["sha256"]
+    assert changed.payload["colour"]["dominant"]["a"] < 0 < before.payload["colour"]["dominant"]["a"]
+
+
+def test_touched_but_identical_file_is_confirmed_by_hash_not_reencoded(synced, cli, dam, store, encode_calls):
+    target = dam / "generated" / "BLUE-BAG.png"
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 5_000_000_000))
+    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    assert report["unchanged"] == 16 and report["updated"] == 0 and encode_calls == []
+    stored = {p.payload["path"]: p for p in all_points(store)}["generated/BLUE-BAG.png"]
+    assert stored.payload["file"]["mtime_ns"] == target.stat().st_mtime_ns  # next time the fast path holds
+
+
+def test_deleted_file_leaves_the_collection(synced, cli, dam, store):
+    (dam / "generated" / "BLUE-BAG.png").unlink()
+    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    assert report["deleted"] == 1 and report["unchanged"] == 15
+    assert "generated/BLUE-BAG.png" not in {p.payload["path"] for p in all_points(store)}
+
+
+def test_dry_run_reports_changes_without_making_them(synced, cli, dam, store, encode_calls):
+    (dam / "generated" / "BLUE-BAG.png").unlink()
+    studio_shot(dam / "generated" / "NEW.png", (90, 90, 0))
+    result, report = sync_json(cli, dam, "--qdrant-path", store, "--dry-run")
+    assert (report["added"], report["deleted"], report["dry_run"]) == (1, 1, True)
+    assert encode_calls == []
+    paths = {p.payload["path"] for p in all_points(store)}
+    assert "generated/BLUE-BAG.png" in paths and "generated/NEW.png" not in paths
+
+
+def test_human_summary_lists_each_count(cli, dam, store, tiny_clip):
+    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store)
+    assert result.exit_code == 0
+    for word in ("added", "updated", "deleted", "unchanged", "failed"):
+        assert word in result.stdout
+    assert "images/s" in result.stdout
+
+
+def test_several_images_of_one_product_share_its_id(cli, tmp_path, store, tiny_clip):
+    dam = tmp_path / "multi"
+    studio_shot(dam / "BAG1.jpg", (200, 20, 30))
+    studio_shot(dam / "BAG1_2.jpg", (190, 30, 40), shape="rectangle")
+    studio_shot(dam / "BAG2.jpg", (20, 20, 200))
+    result, report = sync_json(cli, dam, "--model", tiny_clip, "--qdrant-path", store, "--id-pattern", r"^(.+?)(_\d+)?$")
+    assert report["added"] == 3
+    ids = sorted(p.payload["product_id"] for p in all_points(store))
+    assert ids == ["BAG1", "BAG1", "BAG2"]
+    # Search returns each product once, with its best image.
+    result = cli("search", "image", dam / "BAG1_2.jpg", "--qdrant-path", store, "--json")
+    matches = json.loads(result.stdout)[0]["matches"]
+    assert [m["product_id"] for m in matches].count("BAG1") == 1
+    assert len(matches) == 2
+    assert matches[0]["product_id"] == "BAG1" and matches[0]["path"] == "BAG1_2.jpg"
+
+
+def test_manifest_metadata_becomes_payload_and_filters_search(cli, dam, store, tiny_clip):
+    manifest = DATA / "products.csv"
+    result, report = sync_json(
+        cli, dam, "--model", tiny_clip, "--qdrant-path", store, "--manifest", manifest,
+        "--manifest-column", "MMC=product_id", "--manifest-column", "Product_BusinessUnitDesc=category",
+    )
+    assert report["added"] == 16
+    by_id = {p.payload["product_id"]: p.payload for p in all_points(store)}
+    assert by_id["M3550HLEZJM900"]["category"] == "W Bags"
+    assert by_id["RED-BAG"]["category"] is None  # not in the manifest: indexed anyway
+    query = dam / "M9206UMOSM941.jpeg"
+    result = cli("search", "image", query, "--qdrant-path", store, "--filter", "category=W Bags", "--json")
+    matches = json.loads(result.stdout)[0]["matches"]
+    assert {m["product_id"] for m in matches} == {"M3550HLEZJM900", "M9206UMOSM941"}
+    assert all(m["category"] == "W Bags" for m in matches)
+
+
+def test_manifest_change_rewrites_payload_without_encoding(cli, dam, store, tiny_clip, tmp_path, encode_calls):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,category,season\ngenerated/RED-BAG.png,Bags,SS24\n")
+    sync_json(cli, dam, "--model", tiny_clip, "--qdrant-path", store, "--manifest", manifest)
+    encode_calls.clear()
+    manifest.write_text("file,category,season\ngenerated/RED-BAG.png,Leather goods,AW25\n")
+    result, report = sync_json(cli, dam, "--qdrant-path", store, "--manifest", manifest)
+    assert (report["updated"], report["metadata_only"], report["unchanged"]) == (1, 1, 15)
+    assert encode_calls == []
+    payload = {p.payload["path"]: p.payload for p in all_points(store)}["generated/RED-BAG.png"]
+    assert payload["category"] == "Leather goods" and payload["meta"] == {"season": "AW25"}
+    assert payload["colour"]["dominant"]["a"] > 30  # colours untouched by a metadata change
+
+
+def test_manifest_without_a_key_column_is_refused(cli, dam, store, tiny_clip):
+    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--manifest", DATA / "products.csv")
+    assert result.exit_code == 3
+    assert "--manifest-column" in result.stderr and "Traceback" not in result.output
+
+
+def test_another_model_is_refused_then_reindex_rebuilds(synced, cli, dam, store, tiny_clip, other_clip):
+    result = cli("indexer", "sync", dam, "--model", other_clip, "--qdrant-path", store)
+    assert result.exit_code == 5
+    assert "--reindex" in result.stderr and tiny_clip in result.stderr
+    result = cli("search", "image", dam / "generated" / "RED-BAG.png", "--model", other_clip, "--qdrant-path", store)
+    assert result.exit_code == 5
+    result, report = sync_json(cli, dam, "--model", other_clip, "--qdrant-path", store, "--reindex")
+    assert result.exit_code == 0 and report["added"] == 16
+    points = all_points(store, with_vectors=True)
+    assert len(points) == 16 and {len(p.vector[vector_name(other_clip)]) for p in points} == {24}
+
+
+def test_info_describes_the_collection(synced, cli, store, tiny_clip):
+    result = cli("indexer", "info", "--qdrant-path", store, "--json")
+    info = json.loads(result.stdout)
+    assert info["images"] == 16 and info["products"] == 16
+    assert info["models"] == [{"model": tiny_clip, "vector": vector_name(tiny_clip), "dim": 16}]
+
+
+def test_moving_a_file_deletes_old_point_and_adds_new(synced, cli, dam, store):
+    shutil.move(dam / "generated" / "RED-BAG.png", dam / "RED-BAG.png")
+    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    assert (report["added"], report["deleted"]) == (1, 1)
+    paths = [p.payload["path"] for p in all_points(store)]
+    assert "RED-BAG.png" in paths and "generated/RED-BAG.png" not in paths and len(paths) == 16
+
+
+def test_hidden_and_non_image_files_are_skipped(cli, dam, store, tiny_clip):
+    (dam / "._M3550HLEZJM900.jpeg").write_bytes(b"AppleDouble junk")
+    (dam / ".thumbs").mkdir()
+    studio_shot(dam / ".thumbs" / "x.png", (1, 2, 3))
+    (dam / "notes.txt").write_text("not an image")
+    result, report = sync_json(cli, dam, "--model", tiny_clip, "--qdrant-path", store)
+    assert report["added"] == 16 and report["failed"] == []
+
+
+@pytest.mark.parametrize("bad", ["folder", "file"])
+def test_missing_or_non_folder_dam_is_one_line_exit_3(cli, tmp_path, store, tiny_clip, bad):
+    target = tmp_path / "nope"
+    if bad == "file":
+        target.write_text("x")
+    result = cli("indexer", "sync", target, "--model", tiny_clip, "--qdrant-path", store)
+    assert result.exit_code == 3
+    assert result.stderr.count("\n") == 1 and str(target) in result.stderr
+
+
+def test_empty_folder_changes_nothing(synced, cli, tmp_path, store):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("indexer", "sync", empty, "--qdrant-path", store)
+    assert result.exit_code == 3 and "no images found" in result.stderr
+    assert len(all_points(store)) == 16  # a wrongly mounted folder must not wipe the index
+
+
+def test_bad_files_are_reported_and_the_rest_indexed(cli, dam, store, tiny_clip, monkeypatch):
+    good = (dam / "M3550HLEZJM900.jpeg").read_bytes()
+    (dam / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (dam / "empty.png").write_bytes(b"")
+    (dam / "text.jpg").write_text("this is not a jpeg")
+    monkeypatch.setenv("CATALOGUE_MAX_PIXELS", "1000000")
+    from PIL import Image
+
+    Image.new("RGB", (1500, 1000), "white").save(dam / "huge.png")
+    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--json")
+    assert result.exit_code == 7
+    report = json.loads(result.stdout)
+    assert report["added"] == 16
+    failed = {f["path"]: f["error"] for f in report["failed"]}
+    assert set(failed) == {"truncated.jpg", "empty.png", "text.jpg", "huge.png"}
+    assert "empty" in failed["empty.png"] and "pixel limit" in failed["huge.png"]
+    assert "not an image" in failed["text.jpg"]
+    for name in failed:
+        assert f"failed: {name}:" in result.stderr
+    assert "Traceback" not in result.output
+    assert len(all_points(store)) == 16
+
+
+def test_file_that_turns_unreadable_loses_its_stale_point(synced, cli, dam, store):
+    (dam / "generated" / "RED-BAG.png").write_bytes(b"garbage")
+    result = cli("indexer", "sync", dam, "--qdrant-path", store, "--json")
+    assert result.exit_code == 7
+    assert "generated/RED-BAG.png" not in {p.payload["path"] for p in all_points(store)}
+
+
+def test_unreachable_server_is_exit_4(cli, dam, tiny_clip):
+    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-url", "http://127.0.0.1:9")
+    assert result.exit_code == 4
+    assert "cannot reach Qdrant at http://127.0.0.1:9" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_store_held_by_another_process_is_exit_4(cli, dam, store, tiny_clip):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from qdrant_client import QdrantClient; c = QdrantClient(path={store!r}); print('ready', flush=True); input()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store)
+        assert result.exit_code == 4
+        assert "in use by another process" in result.stderr and result.stderr.count("\n") == 1
+    finally:
+        holder.communicate("\n", timeout=30)
+
+
+def test_unloadable_model_is_exit_6(cli, dam, store, tmp_path):
+    result = cli("indexer", "sync", dam, "--model", str(tmp_path / "no-such-model"), "--qdrant-path", store)
+    assert result.exit_code == 6
+    assert "efficientnet-lite0" in result.stderr and result.stderr.count("\n") == 1
