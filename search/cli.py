@@ -20,6 +20,7 @@ def main() -> None:
     Examples:
       search image shelf.jpg
       search image shelf.jpg --top-k 5 --filter category="W Bags" --json
+      search eval --queries photos/ --ground-truth truth.csv --sweep --report eval.html
     """
 
 
@@ -109,6 +110,102 @@ def _print_result(result, multiple: bool) -> None:
     ]
     click.echo(table(("rank", "product", "score", "cosine", "colour", "reference image"), rows, align="rlrrrl"))
     click.echo(f"({result.timings['total'] * 1000:.0f} ms)", err=True)
+
+
+def _floats(value: str, name: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated numbers", param_hint=name) from None
+
+
+@main.command(name="eval")
+@click.option("--queries", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder of query photos.")
+@click.option("--ground-truth", required=True, type=click.Path(path_type=Path, dir_okay=False), help="CSV of query,reference rows (reference: image file name or product id; several rows per query allowed).")
+@ranking_options
+@click.option("--k", "ks", default="1,5,10", show_default=True, help="Cut-offs for top-k accuracy.")
+@click.option("--sweep", is_flag=True, help="Also rank under every --alphas x --thresholds pair and report the best.")
+@click.option("--alphas", default="0.01,0.02,0.05,0.1,0.2,0.3", show_default=True, help="Alpha grid for --sweep.")
+@click.option("--thresholds", default="10,20,30,40,60", show_default=True, help="Threshold grid for --sweep.")
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False), help="Write a self-contained HTML report here.")
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON, per-query ranks included.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_colour, filters, model, device, ks, sweep, alphas, thresholds, report, qdrant_path, qdrant_url, collection, as_json, quiet) -> None:
+    """Measure how well search names the products in labelled photos.
+
+    Every photo in --queries with a row in --ground-truth goes through the
+    same pipeline as `search image`. Reports top-k accuracy, MRR, median rank
+    of the first correct product, mean top-1 cosine of right and wrong
+    answers, per-category accuracy, with and without colour re-scoring, and
+    with --sweep the best alpha/threshold of a grid (photos are encoded once).
+
+    \b
+    Exit codes: 0 done, 3 bad input (folder, CSV, nothing to evaluate),
+    4 store unavailable, 5 model mismatch.
+    """
+    from indexer.cli_common import progress_bar
+    from search.evaluate import Setting, evaluate, grid_settings, read_ground_truth
+    from search.query import Searcher
+
+    cutoffs = tuple(sorted({int(k) for k in _floats(ks, "--k") if k >= 1}))
+    if not cutoffs:
+        raise click.BadParameter("give at least one k >= 1", param_hint="--k")
+    truth = read_ground_truth(ground_truth)
+    settings = [Setting("cosine only", False, 0.0, threshold)]
+    if not no_colour:
+        settings.append(Setting(f"colour alpha={alpha:g},threshold={threshold:g}", True, alpha, threshold))
+    grid = grid_settings(_floats(alphas, "--alphas"), _floats(thresholds, "--thresholds")) if sweep else []
+    settings += [s for s in grid if (s.alpha, s.threshold) != (alpha, threshold) or no_colour]
+    catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
+    searcher = Searcher(catalogue, model=model, device=device)
+    photos = sum(1 for p in queries.iterdir()) if queries.is_dir() else 0
+    with progress_bar(photos, "evaluating", enabled=not quiet) as bar:
+        evaluation = evaluate(
+            searcher, queries, truth, settings, candidates=max(candidates, top_k), top_k=top_k, ks=cutoffs,
+            filters=_parse_filters(filters), progress=bar.update,
+        )
+    shown = settings[1].name if len(settings) > 1 and not no_colour else settings[0].name
+    best = evaluation.best([s for s in settings if s.colour] or settings)
+    if report:
+        from search.report import write_report
+
+        write_report(evaluation, report, queries_dir=queries, shown_setting=shown, reference_images=searcher.reference_images())
+        click.echo(f"Report written to {report}", err=True)
+    if as_json:
+        data = evaluation.to_dict(top_k)
+        data["best"] = {"setting": best.name, "alpha": best.alpha, "threshold": best.threshold}
+        data["collection"] = collection
+        data["models"] = [s.model for s in searcher.specs]
+        emit_json(data)
+        return
+    _print_evaluation(evaluation, collection, searcher, shown, best, sweep)
+
+
+def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> None:
+    ks = evaluation.ks
+    models = ", ".join(s.model for s in searcher.specs)
+    click.echo(f"Evaluated {len(evaluation.results)} photos against '{collection}' ({models}) in {evaluation.seconds:.1f} s")
+    rows = []
+    for setting in evaluation.settings if sweep else evaluation.settings[:2]:
+        m = evaluation.metrics(setting.name)
+        rows.append([setting.name] + [f"{m[f'top{k}']:.1%}" for k in ks] + [f"{m['mrr']:.3f}", "-" if m["median_rank"] is None else f"{m['median_rank']:g}"])
+    click.echo(table(["setting"] + [f"top-{k}" for k in ks] + ["MRR", "median rank"], rows, align="l" + "r" * (len(ks) + 2)))
+    if sweep:
+        m = evaluation.metrics(best.name)
+        click.echo(f"Best of the sweep: alpha={best.alpha:g} threshold={best.threshold:g} (MRR {m['mrr']:.3f}, top-1 {m[f'top{ks[0]}']:.1%})")
+    m = evaluation.metrics(shown)
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    click.echo(f"Mean cosine of the top-1 match ({shown}): correct {fmt(m['mean_cosine_top1_correct'])}, incorrect {fmt(m['mean_cosine_top1_incorrect'])}")
+    if m["by_category"]:
+        click.echo(f"\nPer category ({shown}):")
+        cat_rows = [[name] + [c["n"]] + [f"{c[f'top{k}']:.1%}" for k in ks] + [f"{c['mrr']:.3f}"] for name, c in m["by_category"].items()]
+        click.echo(table(["category", "photos"] + [f"top-{k}" for k in ks] + ["MRR"], cat_rows, align="lr" + "r" * (len(ks) + 1)))
+    for query, why in evaluation.skipped:
+        click.echo(f"skipped: {query}: {why}", err=True)
+    for query, reference in evaluation.missing_references:
+        click.echo(f"missing reference: {query}: {reference} is not in the collection", err=True)
 
 
 if __name__ == "__main__":

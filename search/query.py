@@ -168,24 +168,33 @@ class Searcher:
         scored.sort(key=lambda c: -c.cosine)
         return scored[:limit]
 
+    def reference_images(self) -> dict[str, str]:
+        """Product id -> absolute path of one of its catalogue images (for reports)."""
+        images: dict[str, str] = {}
+        for image in self.catalogue.indexed_images():
+            images.setdefault(image.product_id, str(Path(self.root) / image.path) if self.root else image.path)
+        return images
+
+    def query_features(self, path: str | Path) -> QueryFeatures:
+        """Decode a photo and compute its features, exactly as `search image` does."""
+        return self.features(load_rgb(path, draft=QUERY_DECODE_SIDE))
+
     def search_image(self, image: "Image.Image", options: SearchOptions) -> list[Match]:
+        """Ranked products for an RGB image already in memory."""
         features = self.features(image)
-        found = self.candidates(features, options.candidates, options.filters)
-        return rank(found, features.palette, options, root=self.root)
+        return rank(self.candidates(features, options.candidates, options.filters), features.palette, options, root=self.root)
 
     def search_file(self, path: str | Path, options: SearchOptions) -> SearchResult:
         import time
 
         t0 = time.perf_counter()
-        image = load_rgb(path, draft=QUERY_DECODE_SIDE)
+        features = self.query_features(path)
         t1 = time.perf_counter()
-        features = self.features(image)
-        t2 = time.perf_counter()
         found = self.candidates(features, options.candidates, options.filters)
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         matches = rank(found, features.palette, options, root=self.root)
-        t4 = time.perf_counter()
-        timings = {"decode": t1 - t0, "features": t2 - t1, "query": t3 - t2, "rank": t4 - t3, "total": t4 - t0}
+        t3 = time.perf_counter()
+        timings = {"features": t1 - t0, "query": t2 - t1, "rank": t3 - t2, "total": t3 - t0}
         return SearchResult(query=str(path), matches=matches, timings=timings)
 
 

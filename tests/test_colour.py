@@ -61,3 +61,11 @@ def test_palette_weights_are_sorted_and_sum_to_one():
 def test_distinct_colours_are_far_apart_and_shades_close():
     red, dark_red, blue = srgb_to_lab(np.array([[200, 20, 20], [170, 15, 15], [20, 20, 200]], dtype=np.uint8))
     assert lab_distance(red, dark_red) < 15 < 60 < lab_distance(red, blue)
+
+
+def test_dark_studio_backdrops_are_removed_too():
+    # Some catalogue shots are on black: the mint-green bag must read mint green, not black.
+    palette = extract_palette(load_rgb(DATA / "dam" / "S0949HAQRJM042.jpeg"))
+    L, a, b = palette.dominant
+    assert L > 50 and a < -8 and b > 5
+    assert palette.foreground_share < 0.3

@@ -18,9 +18,11 @@ from indexer.errors import ModelLoadError
 class CLIPEncoder(Encoder):
     def __init__(self, name_or_path: str, *, device: str = "cpu"):
         import transformers
-        from transformers import AutoConfig, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+        from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        transformers.logging.set_verbosity_error()  # the text tower's unused weights are expected
+        # The text tower's weights are unused on purpose; loading bars would garble our own progress.
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
         try:
             config = AutoConfig.from_pretrained(name_or_path)
             if isinstance(config, CLIPVisionConfig):
@@ -34,7 +36,7 @@ class CLIPEncoder(Encoder):
                     "pass a CLIP checkpoint or one of the offline models"
                 )
             model = CLIPVisionModelWithProjection.from_pretrained(name_or_path, config=vision_config)
-            self._processor = CLIPImageProcessor.from_pretrained(name_or_path)
+            self._processor = _image_processor_class().from_pretrained(name_or_path)
         except (OSError, ValueError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(
@@ -52,3 +54,11 @@ class CLIPEncoder(Encoder):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return _torch.run(lambda x: self._model(pixel_values=x).image_embeds, batch, self.device)
+
+
+def _image_processor_class():
+    """The PIL implementation of CLIP's preprocessing: it runs per image in our worker threads,
+    needs no torchvision, and gives the same pixels on every machine."""
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor

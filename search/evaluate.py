@@ -1,0 +1,246 @@
+"""How well does search name the product? Top-k accuracy, MRR, ranks, per category, over a grid of settings.
+
+Each photo goes through the same pipeline as `search image` once: its
+features and its candidate list are computed one time, then re-ranked under
+every setting (colour off, colour on, each alpha x threshold of a sweep),
+so a sweep costs almost nothing beyond the first setting.
+
+The rank of a photo is the rank of its first correct product in what a user
+would page through: the re-scored candidates first, then every other product
+by cosine. A photo is correct at k when any of its valid references ranks
+within k.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+from indexer.errors import BadInputError
+from indexer.images import IMAGE_SUFFIXES
+from search.query import Candidate, Match, QueryFeatures, SearchOptions, Searcher, rank
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way of ranking: colour on or off, alpha, threshold."""
+
+    name: str
+    colour: bool
+    alpha: float
+    threshold: float
+
+
+@dataclass
+class QueryResult:
+    query: str
+    expected: list[str]  # product ids
+    category: str | None
+    ranks: dict[str, int | None] = field(default_factory=dict)  # setting name -> rank of first correct
+    top: dict[str, list[Match]] = field(default_factory=dict)  # setting name -> top-k shown
+    seconds: float = 0.0
+
+
+@dataclass
+class Evaluation:
+    ks: tuple[int, ...]
+    settings: list[Setting]
+    results: list[QueryResult]
+    skipped: list[tuple[str, str]]  # (query, why)
+    missing_references: list[tuple[str, str]]  # (query, reference)
+    seconds: float
+
+    def metrics(self, setting: str) -> dict:
+        ranks = [r.ranks[setting] for r in self.results]
+        return summarise(ranks, self.ks) | self._cosines(setting) | {"by_category": self._by_category(setting)}
+
+    def _cosines(self, setting: str) -> dict:
+        correct, wrong = [], []
+        for r in self.results:
+            if r.top.get(setting):
+                (correct if r.ranks[setting] == 1 else wrong).append(r.top[setting][0].cosine)
+        return {
+            "mean_cosine_top1_correct": statistics.fmean(correct) if correct else None,
+            "mean_cosine_top1_incorrect": statistics.fmean(wrong) if wrong else None,
+        }
+
+    def _by_category(self, setting: str) -> dict:
+        groups: dict[str, list] = {}
+        for r in self.results:
+            if r.category:
+                groups.setdefault(r.category, []).append(r.ranks[setting])
+        return {name: summarise(ranks, self.ks) for name, ranks in sorted(groups.items())}
+
+    def best(self, candidates: Iterable[Setting]) -> Setting:
+        """Highest MRR, then top-1, then top-5...: MRR moves with every rank, so small sets still separate."""
+
+        def key(setting: Setting):
+            m = self.metrics(setting.name)
+            return (m["mrr"], *(m[f"top{k}"] for k in self.ks))
+
+        return max(candidates, key=key)
+
+    def to_dict(self, top_k: int) -> dict:
+        return {
+            "queries": len(self.results),
+            "seconds": round(self.seconds, 2),
+            "settings": {
+                s.name: {"colour": s.colour, "alpha": s.alpha, "threshold": s.threshold, **self.metrics(s.name)}
+                for s in self.settings
+            },
+            "per_query": [
+                {
+                    "query": r.query,
+                    "expected": r.expected,
+                    "category": r.category,
+                    "ranks": r.ranks,
+                    "top": {name: [m.to_dict() for m in matches[:top_k]] for name, matches in r.top.items()},
+                    "seconds": round(r.seconds, 3),
+                }
+                for r in self.results
+            ],
+            "skipped": [{"query": q, "why": why} for q, why in self.skipped],
+            "missing_references": [{"query": q, "reference": ref} for q, ref in self.missing_references],
+        }
+
+
+def summarise(ranks: list[int | None], ks: tuple[int, ...]) -> dict:
+    """Top-k accuracy, MRR and median rank; None ranks (product not in the catalogue) count as misses."""
+    n = len(ranks)
+    found = sorted(r for r in ranks if r is not None)
+    out: dict = {"n": n}
+    for k in ks:
+        out[f"top{k}"] = sum(1 for r in found if r <= k) / n if n else 0.0
+    out["mrr"] = sum(1.0 / r for r in found) / n if n else 0.0
+    out["median_rank"] = statistics.median(found) if found else None
+    return out
+
+
+def read_ground_truth(path: Path) -> dict[str, list[str]]:
+    """`query,reference` rows; a query may list several valid references."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["query", "reference"]:
+        rows = rows[1:]
+    truth: dict[str, list[str]] = {}
+    for number, row in enumerate(rows, start=2):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise BadInputError(f"{path}: line {number}: expected 'query,reference'")
+        truth.setdefault(row[0].strip(), []).append(row[1].strip())
+    if not truth:
+        raise BadInputError(f"{path}: no 'query,reference' rows")
+    return truth
+
+
+class ReferenceIndex:
+    """Maps a ground-truth reference (image path, file name, or product id) to a product id."""
+
+    def __init__(self, searcher: Searcher):
+        self.by_name: dict[str, str] = {}
+        self.products: set[str] = set()
+        self.category: dict[str, str] = {}
+        for image in searcher.catalogue.indexed_images():
+            self.products.add(image.product_id)
+            self.by_name[image.path] = image.product_id
+            self.by_name.setdefault(image.path.rsplit("/", 1)[-1], image.product_id)
+            if image.category:
+                self.category.setdefault(image.product_id, image.category)
+
+    def product_for(self, reference: str) -> str | None:
+        reference = reference.replace("\\", "/")
+        if reference in self.by_name:
+            return self.by_name[reference]
+        if reference in self.products:
+            return reference
+        return None
+
+
+def grid_settings(alphas: Iterable[float], thresholds: Iterable[float]) -> list[Setting]:
+    return [Setting(f"alpha={a:g},threshold={t:g}", True, a, t) for a in alphas for t in thresholds]
+
+
+def evaluate(
+    searcher: Searcher,
+    queries_dir: Path,
+    truth: dict[str, list[str]],
+    settings: list[Setting],
+    *,
+    candidates: int = 100,
+    top_k: int = 10,
+    ks: tuple[int, ...] = (1, 5, 10),
+    filters: tuple[tuple[str, str], ...] = (),
+    progress: Callable[[int], object] | None = None,
+) -> Evaluation:
+    started = time.perf_counter()
+    if not queries_dir.is_dir():
+        raise BadInputError(f"{queries_dir}: no such folder")
+    photos = {p.name: p for p in sorted(queries_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
+    references = ReferenceIndex(searcher)
+    skipped = [(name, "no ground truth") for name in photos if name not in truth]
+    skipped += [(name, "listed in the ground truth, not in the folder") for name in truth if name not in photos]
+    missing: list[tuple[str, str]] = []
+    results = []
+    total = searcher.catalogue.count()
+    for name in [n for n in photos if n in truth]:
+        expected = []
+        for reference in truth[name]:
+            product = references.product_for(reference)
+            if product is None:
+                missing.append((name, reference))
+            elif product not in expected:
+                expected.append(product)
+        if not expected:
+            skipped.append((name, "none of its references is in the collection"))
+            if progress:
+                progress(1)
+            continue
+        t0 = time.perf_counter()
+        try:
+            features = searcher.query_features(photos[name])
+        except BadInputError as exc:
+            skipped.append((name, str(exc)))
+            if progress:
+                progress(1)
+            continue
+        everything = searcher.candidates(features, total, filters)
+        result = QueryResult(query=name, expected=expected, category=references.category.get(expected[0]))
+        for setting in settings:
+            options = SearchOptions(
+                top_k=top_k, candidates=candidates, alpha=setting.alpha, threshold=setting.threshold, colour=setting.colour
+            )
+            result.ranks[setting.name], result.top[setting.name] = _rank_of_expected(
+                everything, features, options, set(expected), searcher.root
+            )
+        result.seconds = time.perf_counter() - t0
+        results.append(result)
+        if progress:
+            progress(1)
+    if not results:
+        raise BadInputError(f"{queries_dir}: no photo with usable ground truth to evaluate ({len(skipped)} skipped)")
+    return Evaluation(ks, settings, results, skipped, missing, time.perf_counter() - started)
+
+
+def _rank_of_expected(
+    everything: list[Candidate], features: QueryFeatures, options: SearchOptions, expected: set[str], root: str | None
+) -> tuple[int | None, list[Match]]:
+    """Rank of the first expected product: re-scored candidates, then the rest by cosine."""
+    shown = rank(everything[: options.candidates], features.palette, replace(options, top_k=len(everything)), root=root)
+    order = [m.product_id for m in shown]
+    seen = set(order)
+    for candidate in everything[options.candidates :]:
+        if candidate.product_id not in seen:
+            seen.add(candidate.product_id)
+            order.append(candidate.product_id)
+    position = next((i + 1 for i, product in enumerate(order) if product in expected), None)
+    return position, shown[: options.top_k]

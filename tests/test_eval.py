@@ -1,0 +1,142 @@
+"""`search eval`: metrics a user can trust, sweeps that don't re-encode, an HTML report that renders."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import studio_shot
+from search.evaluate import summarise
+
+
+def test_summary_metrics_on_hand_computed_ranks():
+    m = summarise([1, 3, None, 12], ks=(1, 5, 10))
+    assert (m["top1"], m["top5"], m["top10"]) == (0.25, 0.5, 0.5)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 12) / 4)
+    assert m["median_rank"] == 3  # of the photos whose product was found
+
+
+@pytest.fixture
+def labelled(cli, dam, store, tiny_clip, tmp_path):
+    """A synced catalogue, a folder of query photos and a ground truth exercising every rule."""
+    cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store,
+        "--manifest", Path(__file__).parent / "data" / "products.csv",
+        "--manifest-column", "MMC=product_id", "--manifest-column", "Product_BusinessUnitDesc=category")
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    # Exact copies of catalogue images: the tiny model finds these at rank 1.
+    shutil.copy(dam / "M3550HLEZJM900.jpeg", queries / "bag.jpg")
+    # The catalogue holds two colour codes with pixel-identical photos: either is a right answer.
+    shutil.copy(dam / "KCQ858SBXS70K.jpeg", queries / "shoe.jpg")
+    shutil.copy(dam / "generated" / "RED-BAG.png", queries / "red.png")
+    studio_shot(queries / "unlabelled.png", (5, 5, 5))
+    truth = tmp_path / "truth.csv"
+    truth.write_text(
+        "query,reference\n"
+        "bag.jpg,M3550HLEZJM900.jpeg\n"          # by image file name
+        "shoe.jpg,KCQ858SBXS89K\n"               # by product id: the wrong shoe ...
+        "shoe.jpg,KCQ858SBXS70K.jpeg\n"          # ... and the right one: either counts
+        "red.png,generated/RED-BAG.png\n"        # by relative path
+        "red.png,NOT-IN-CATALOGUE.jpeg\n"        # reported as missing, the other reference still counts
+        "ghost.jpg,M9206UMOSM941.jpeg\n"         # no such photo: reported
+    )
+    return queries, truth
+
+
+def test_eval_reports_accuracy_ranks_and_what_it_skipped(cli, labelled, store, encode_calls):
+    queries, truth = labelled
+    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--json", "--sweep")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["queries"] == 3
+    per_query = {q["query"]: q for q in data["per_query"]}
+    assert set(per_query) == {"bag.jpg", "shoe.jpg", "red.png"}
+    for q in per_query.values():
+        assert set(q["ranks"].values()) == {1}
+    assert per_query["shoe.jpg"]["expected"] == ["KCQ858SBXS89K", "KCQ858SBXS70K"]
+    cosine = data["settings"]["cosine only"]
+    assert (cosine["top1"], cosine["mrr"], cosine["median_rank"]) == (1.0, 1.0, 1)
+    assert cosine["mean_cosine_top1_correct"] == pytest.approx(1.0, abs=1e-4)
+    assert cosine["by_category"]["W Bags"]["n"] == 1 and cosine["by_category"]["W Shoes"]["top1"] == 1.0
+    assert {s["why"] for s in data["skipped"]} == {"no ground truth", "listed in the ground truth, not in the folder"}
+    assert data["missing_references"] == [{"query": "red.png", "reference": "NOT-IN-CATALOGUE.jpeg"}]
+    # 2 fixed settings + a 30-pair grid, yet every photo was encoded exactly once.
+    assert len(data["settings"]) >= 30 and encode_calls == [1, 1, 1]
+    assert data["best"]["setting"] in data["settings"]
+
+
+def test_eval_ranks_a_confusable_query_honestly(cli, labelled, store, dam):
+    """A photo whose expected product is not the nearest: its rank is > 1 and top-1 drops accordingly."""
+    queries, truth = labelled
+    truth_wrong = truth.parent / "wrong.csv"
+    truth_wrong.write_text("query,reference\nbag.jpg,N2002WOMFWD301.jpeg\nred.png,RED-BAG\n")
+    data = json.loads(cli("search", "eval", "--queries", queries, "--ground-truth", truth_wrong, "--qdrant-path", store, "--json").stdout)
+    ranks = {q["query"]: q["ranks"]["cosine only"] for q in data["per_query"]}
+    assert ranks["red.png"] == 1 and ranks["bag.jpg"] > 1
+    assert data["settings"]["cosine only"]["top1"] == 0.5
+
+
+def test_eval_table_for_people(cli, labelled, store):
+    queries, truth = labelled
+    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--sweep")
+    assert result.exit_code == 0
+    assert "top-1" in result.stdout and "MRR" in result.stdout and "Best of the sweep" in result.stdout
+    assert "Per category" in result.stdout
+    assert "skipped: unlabelled.png: no ground truth" in result.stderr
+    assert "missing reference: red.png: NOT-IN-CATALOGUE.jpeg" in result.stderr
+
+
+def test_eval_with_bad_inputs_is_exit_3(cli, labelled, store, tmp_path):
+    queries, truth = labelled
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("query,reference\nonly-one-column\n")
+    assert cli("search", "eval", "--queries", queries, "--ground-truth", bad_csv, "--qdrant-path", store).exit_code == 3
+    assert cli("search", "eval", "--queries", tmp_path / "nope", "--ground-truth", truth, "--qdrant-path", store).exit_code in (2, 3)
+    nothing = tmp_path / "nothing.csv"
+    nothing.write_text("query,reference\nghost.jpg,M3550HLEZJM900.jpeg\n")
+    result = cli("search", "eval", "--queries", queries, "--ground-truth", nothing, "--qdrant-path", store)
+    assert result.exit_code == 3 and "no photo with usable ground truth" in result.stderr
+
+
+def test_report_is_self_contained_html(cli, labelled, store, tmp_path):
+    queries, truth = labelled
+    report = tmp_path / "out" / "report.html"
+    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--report", report)
+    assert result.exit_code == 0
+    page = report.read_text()
+    for name in ("bag.jpg", "shoe.jpg", "red.png", "top-1", "MRR"):
+        assert name in page
+    sources = re.findall(r"src='([^']*)'", page)
+    assert sources and all(s.startswith("data:image/jpeg;base64,") for s in sources)
+    # Each valid reference in a top 10 is framed green: bag, red, and both shoes (both are valid).
+    assert page.count("class='match correct'") == 4
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_a_real_browser(cli, labelled, store, tmp_path):
+    from PIL import Image
+
+    queries, truth = labelled
+    report = tmp_path / "report.html"
+    cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--report", report)
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600", f"--screenshot={shot}", report.as_uri()],
+        check=True, capture_output=True, timeout=60,
+    )
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # The green frames of correct matches (#1a9e3a) are on screen, and so are the thumbnails (many colours).
+    green = (abs(pixels[..., 0] - 0x1A) < 8) & (abs(pixels[..., 1] - 0x9E) < 8) & (abs(pixels[..., 2] - 0x3A) < 8)
+    assert green.sum() > 500
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000
