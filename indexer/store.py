@@ -61,17 +61,22 @@ def vector_name(model_id: str) -> str:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One encoder as recorded in the collection."""
+    """One encoder as recorded in the collection.
+
+    `revision` changes when this tool changes how the encoder turns pixels
+    into vectors (preprocessing, pooling): vectors of two revisions do not mix.
+    """
 
     model: str
     dim: int
+    revision: int = 1
 
     @property
     def vector(self) -> str:
         return vector_name(self.model)
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "vector": self.vector, "dim": self.dim}
+        return {"model": self.model, "vector": self.vector, "dim": self.dim, "revision": self.revision}
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ class Catalogue:
         return dict((info.config.metadata or {}).get(METADATA_KEY) or {})
 
     def models(self) -> list[ModelSpec]:
-        return [ModelSpec(m["model"], int(m["dim"])) for m in self.metadata().get("models", [])]
+        return [ModelSpec(m["model"], int(m["dim"]), int(m.get("revision", 1))) for m in self.metadata().get("models", [])]
 
     def create(self, models: list[ModelSpec], *, root: str, extra: dict | None = None) -> None:
         from qdrant_client import models as qm
@@ -193,22 +198,31 @@ class Catalogue:
         if self.exists():
             self.client.delete_collection(self.name)
 
-    def check_models(self, wanted: list[str], dims: list[int] | None = None) -> None:
-        """Refuse to mix models: an existing collection only takes vectors of the models it records."""
+    def check_models(self, wanted: list[str], loaded: list[ModelSpec] | None = None) -> None:
+        """Refuse to mix models: an existing collection only takes vectors of the models it records.
+
+        `wanted` model ids can be checked before loading anything; `loaded`
+        encoders' dimensions and revisions once they are loaded.
+        """
         recorded = self.models()
         if not recorded:
             raise ModelMismatch(
                 f"collection {self.name!r} was not created by catalogue-indexer; "
                 "choose another --collection, or --reindex to re-create it"
             )
-        same_models = [m.model for m in recorded] == wanted
-        if same_models and (dims is None or [m.dim for m in recorded] == dims):
-            return
         have = ", ".join(f"{m.model} ({m.dim}-d)" for m in recorded)
-        raise ModelMismatch(
-            f"collection {self.name!r} holds vectors of {have}, not of {', '.join(wanted)}; "
-            f"use --model {','.join(m.model for m in recorded)}, or --reindex to rebuild it with the new model"
-        )
+        use = ",".join(m.model for m in recorded)
+        if [m.model for m in recorded] != wanted:
+            raise ModelMismatch(
+                f"collection {self.name!r} holds vectors of {have}, not of {', '.join(wanted)}; "
+                f"use --model {use}, or --reindex to rebuild it with the new model"
+            )
+        if loaded is not None and [(m.dim, m.revision) for m in recorded] != [(m.dim, m.revision) for m in loaded]:
+            raise ModelMismatch(
+                f"collection {self.name!r} was built by another version of {use} "
+                f"({[(m.dim, m.revision) for m in recorded]} vs {[(m.dim, m.revision) for m in loaded]} as (dim, revision)); "
+                "run indexer sync with --reindex to rebuild it"
+            )
 
     # -- reading ----------------------------------------------------------------
 

@@ -137,11 +137,11 @@ def sync(
     encoders: list[Encoder] = []
     if plan.to_encode or reindex or not exists:
         encoders = [encoder_loader(m, device=device, batch_size=batch_size) for m in wanted]
-        specs = [ModelSpec(e.model_id, e.dim) for e in encoders]
+        specs = [e.spec for e in encoders]
         if reindex:
             catalogue.drop()
         if catalogue.exists():
-            catalogue.check_models(wanted, dims=[s.dim for s in specs])
+            catalogue.check_models(wanted, loaded=specs)
         else:
             catalogue.create(specs, root=str(root.resolve()))
     if catalogue.metadata().get("root") != str(root.resolve()):
@@ -259,7 +259,7 @@ def _encode_all(
     from qdrant_client import models as qm
 
     stages = dict.fromkeys(("read", "decode", "colour", "preprocess", "encode", "upsert"), 0.0)
-    vector_names = [ModelSpec(e.model_id, e.dim).vector for e in encoders]
+    vector_names = [e.spec.vector for e in encoders]
     batch_size = max((e.batch_size for e in encoders), default=32)
     batch: list[_Prepared] = []
     started = time.perf_counter()

@@ -21,6 +21,7 @@ def main() -> None:
       search image shelf.jpg
       search image shelf.jpg --top-k 5 --filter category="W Bags" --json
       search eval --queries photos/ --ground-truth truth.csv --sweep --report eval.html
+      search synthesize ./dam synthetic/ --count 300
     """
 
 
@@ -35,6 +36,15 @@ def ranking_options(command):
         click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Payload filter, e.g. category='W Bags' or meta.season=SS24. Repeatable (all must hold)."),
         click.option("--model", envvar=MODEL_ENV_VAR, help=f"Must match the collection's model; default: the collection's [env {MODEL_ENV_VAR}]."),
         click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto."),
+        click.option(
+            "--locate", type=click.Choice(["centre", "none", "proposals", "owlv2"]), default="centre", show_default=True,
+            envvar="CATALOGUE_LOCATE",
+            help="How to find the product: centre views + cut-out (default), none (whole photo), "
+            "proposals (model-free, several products), owlv2 (detector, several products).",
+        ),
+        click.option("--detector", default=None, metavar="ID_OR_PATH", help="OWLv2 checkpoint for --locate owlv2 [default: google/owlv2-base-patch16-ensemble]."),
+        click.option("--prompt", "prompts", multiple=True, metavar="TEXT[=CATEGORY]", help="What --locate owlv2 looks for, e.g. 'a handbag=W Bags' (searched within that category). Repeatable."),
+        click.option("--max-products", type=click.IntRange(1), default=5, show_default=True, help="Most products reported per photo by proposals/owlv2."),
     ]
     for decorate in reversed(decorators):
         command = decorate(command)
@@ -49,6 +59,21 @@ def _parse_filters(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
             raise click.BadParameter(f"{value!r}: expected KEY=VALUE, e.g. category=Bags", param_hint="--filter")
         parsed.append((key.strip(), wanted))
     return tuple(parsed)
+
+
+def _searcher(catalogue, model, device, locate, detector, prompts, max_products):
+    from search.query import Searcher
+
+    options: dict = {"max_regions": max_products}
+    if locate == "owlv2":
+        from search.detect import DEFAULT_DETECTOR, Prompt
+
+        options["model"] = detector or DEFAULT_DETECTOR
+        if prompts:
+            options["prompts"] = tuple(Prompt.parse(p) for p in prompts)
+    elif detector or prompts:
+        raise click.UsageError("--detector and --prompt only apply to --locate owlv2")
+    return Searcher(catalogue, model=model, device=device, localiser=locate, detector_options=options)
 
 
 def _options(top_k, candidates, alpha, threshold, no_colour, filters):
@@ -66,25 +91,26 @@ def _options(top_k, candidates, alpha, threshold, no_colour, filters):
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (a list, one entry per photo).")
 @reports_errors
-def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model, device, qdrant_path, qdrant_url, collection, as_json) -> None:
+def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model, device, locate, detector, prompts, max_products, qdrant_path, qdrant_url, collection, as_json) -> None:
     """Rank catalogue products for each photo in PHOTOS.
 
     Each row is a product with its best-matching catalogue image: final
-    score = cosine + colour bonus (see --alpha, --threshold).
+    score = cosine + colour bonus (see --alpha, --threshold). With
+    --locate proposals or owlv2, each product found in the photo gets its
+    own ranked group, with its box.
 
     \b
     Exit codes: 0 done, 3 a photo is missing or not an image (the others are
     still searched), 4 store unavailable, 5 model mismatch.
     """
     from indexer.errors import BadInputError
-    from search.query import Searcher
 
     options = _options(top_k, candidates, alpha, threshold, no_colour, filters)
     missing = [p for p in photos if not p.is_file()]
     if len(missing) == len(photos):
         raise BadInputError(f"{missing[0]}: no such file")
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
-    searcher = Searcher(catalogue, model=model, device=device)
+    searcher = _searcher(catalogue, model, device, locate, detector, prompts, max_products)
     results, failures = [], 0
     for photo in photos:
         try:
@@ -104,11 +130,13 @@ def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model
 def _print_result(result, multiple: bool) -> None:
     if multiple:
         click.echo(f"\n{result.query}")
-    rows = [
-        (m.rank, m.product_id, m.score, m.cosine, m.colour_bonus, m.image or m.path)
-        for m in result.matches
-    ]
-    click.echo(table(("rank", "product", "score", "cosine", "colour", "reference image"), rows, align="rlrrrl"))
+    for n, group in enumerate(result.groups):
+        if len(result.groups) > 1:
+            x0, y0, x1, y1 = group.region.box
+            what = f" {group.region.label}" if group.region.label else ""
+            click.echo(f"{'' if n == 0 else chr(10)}product {n + 1}{what} at ({x0},{y0})-({x1},{y1}), region score {group.region.score:.3f}")
+        rows = [(m.rank, m.product_id, m.score, m.cosine, m.colour_bonus, m.image or m.path) for m in group.matches]
+        click.echo(table(("rank", "product", "score", "cosine", "colour", "reference image"), rows, align="rlrrrl"))
     click.echo(f"({result.timings['total'] * 1000:.0f} ms)", err=True)
 
 
@@ -132,7 +160,7 @@ def _floats(value: str, name: str) -> list[float]:
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON, per-query ranks included.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_colour, filters, model, device, ks, sweep, alphas, thresholds, report, qdrant_path, qdrant_url, collection, as_json, quiet) -> None:
+def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_colour, filters, model, device, locate, detector, prompts, max_products, ks, sweep, alphas, thresholds, report, qdrant_path, qdrant_url, collection, as_json, quiet) -> None:
     """Measure how well search names the products in labelled photos.
 
     Every photo in --queries with a row in --ground-truth goes through the
@@ -147,7 +175,6 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
     """
     from indexer.cli_common import progress_bar
     from search.evaluate import Setting, evaluate, grid_settings, read_ground_truth
-    from search.query import Searcher
 
     cutoffs = tuple(sorted({int(k) for k in _floats(ks, "--k") if k >= 1}))
     if not cutoffs:
@@ -159,7 +186,7 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
     grid = grid_settings(_floats(alphas, "--alphas"), _floats(thresholds, "--thresholds")) if sweep else []
     settings += [s for s in grid if (s.alpha, s.threshold) != (alpha, threshold) or no_colour]
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
-    searcher = Searcher(catalogue, model=model, device=device)
+    searcher = _searcher(catalogue, model, device, locate, detector, prompts, max_products)
     photos = sum(1 for p in queries.iterdir()) if queries.is_dir() else 0
     with progress_bar(photos, "evaluating", enabled=not quiet) as bar:
         evaluation = evaluate(
@@ -178,6 +205,7 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
         data["best"] = {"setting": best.name, "alpha": best.alpha, "threshold": best.threshold}
         data["collection"] = collection
         data["models"] = [s.model for s in searcher.specs]
+        data["locate"] = searcher.localiser.name
         emit_json(data)
         return
     _print_evaluation(evaluation, collection, searcher, shown, best, sweep)
@@ -186,7 +214,10 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
 def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> None:
     ks = evaluation.ks
     models = ", ".join(s.model for s in searcher.specs)
-    click.echo(f"Evaluated {len(evaluation.results)} photos against '{collection}' ({models}) in {evaluation.seconds:.1f} s")
+    click.echo(
+        f"Evaluated {len(evaluation.results)} photos against '{collection}' ({models}, locate {searcher.localiser.name}) "
+        f"in {evaluation.seconds:.1f} s"
+    )
     rows = []
     for setting in evaluation.settings if sweep else evaluation.settings[:2]:
         m = evaluation.metrics(setting.name)
@@ -206,6 +237,33 @@ def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> N
         click.echo(f"skipped: {query}: {why}", err=True)
     for query, reference in evaluation.missing_references:
         click.echo(f"missing reference: {query}: {reference} is not in the collection", err=True)
+
+
+@main.command()
+@click.argument("dam", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--count", type=click.IntRange(1), default=300, show_default=True, help="Photos to make.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same photos.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def synthesize(dam, out, count, seed, quiet) -> None:
+    """Make store-like test photos from the catalogue images in DAM, with their ground truth.
+
+    Each photo is one catalogue product cut out of its backdrop, shrunk,
+    tilted, relit, blurred and placed among other catalogue products on a
+    shelf-like wall. OUT receives the photos and ground_truth.csv, ready for
+    `search eval --queries OUT --ground-truth OUT/ground_truth.csv`.
+
+    Real store photos are harder (other viewpoints, reflections, the real
+    product rather than its catalogue pixels): use these to compare settings,
+    not to promise accuracy.
+    """
+    from indexer.cli_common import progress_bar
+    from search.synthetic import write_synthetic_queries
+
+    with progress_bar(count, "synthesizing", enabled=not quiet) as bar:
+        written = write_synthetic_queries(dam, out, count=count, seed=seed, progress=bar.update)
+    click.echo(f"Wrote {written} photos and {out / 'ground_truth.csv'}")
 
 
 if __name__ == "__main__":

@@ -207,7 +207,8 @@ def evaluate(
             continue
         t0 = time.perf_counter()
         try:
-            features = searcher.query_features(photos[name])
+            # The most likely located product answers for the photo (ground truth names one product).
+            features = searcher.query_features(photos[name])[0]
         except BadInputError as exc:
             skipped.append((name, str(exc)))
             if progress:

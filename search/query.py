@@ -1,15 +1,17 @@
-"""Name the product in a photo: embed it, fetch nearest catalogue images, re-score by colour, one row per product.
+"""Name the product(s) in a photo: locate, embed, fetch nearest catalogue images, re-score by colour,
+one row per product, one group per located product.
 
 The steps are separate so evaluation can embed each photo once and re-rank
 its candidates under many (alpha, threshold) settings:
 
-    features = searcher.features(image)           # model + colour, the slow part
-    candidates = searcher.candidates(features)    # Qdrant cosine query
-    matches = rank(candidates, features, ...)     # colour re-scoring + grouping, pure numpy
+    features = searcher.features(image)           # localise + model + colour, the slow part
+    found = searcher.candidates(features[0], n)   # Qdrant cosine query
+    matches = rank(found, features[0].palette, options)   # re-scoring + grouping, pure numpy
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -17,10 +19,11 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from indexer.colour import Palette, extract_palette, lab_distance
-from indexer.encoders import Encoder, load_encoder, model_id_for
+from indexer.encoders import Encoder, l2_normalise, load_encoder, model_id_for
 from indexer.errors import BadInputError
 from indexer.images import load_rgb
 from indexer.store import Catalogue, ModelSpec
+from search.locate import Localiser, Region
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD, colour_bonus
 
 if TYPE_CHECKING:
@@ -42,8 +45,12 @@ class SearchOptions:
 
 @dataclass(frozen=True)
 class QueryFeatures:
-    vectors: list[np.ndarray]  # one unit vector per encoder
+    """What a located product is matched with."""
+
+    region: Region
+    vectors: list[np.ndarray]  # per encoder: the normalised mean of the region's view vectors
     palette: Palette
+    category: str | None = None  # set when the localiser knows the product's category
 
 
 @dataclass(frozen=True)
@@ -85,15 +92,37 @@ class Match:
 
 
 @dataclass
+class Group:
+    """The ranked products for one located product."""
+
+    region: Region
+    matches: list[Match]
+
+    def to_dict(self) -> dict:
+        return {
+            "box": list(self.region.box),
+            "label": self.region.label,
+            "region_score": round(self.region.score, 4),
+            "matches": [m.to_dict() for m in self.matches],
+        }
+
+
+@dataclass
 class SearchResult:
     query: str
-    matches: list[Match]
+    groups: list[Group]
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def matches(self) -> list[Match]:
+        """The first (most likely) located product's ranking."""
+        return self.groups[0].matches if self.groups else []
 
     def to_dict(self) -> dict:
         return {
             "query": self.query,
             "matches": [m.to_dict() for m in self.matches],
+            "groups": [g.to_dict() for g in self.groups],
             "timings_ms": {k: round(v * 1000, 1) for k, v in self.timings.items()},
         }
 
@@ -107,31 +136,94 @@ class Searcher:
         *,
         model: str | None = None,
         device: str = "auto",
+        localiser: str | Localiser = "centre",
         encoder_loader: Callable[..., Encoder] = load_encoder,
+        detector_options: dict | None = None,
     ):
         if not catalogue.exists():
             raise BadInputError(
                 f"no collection '{catalogue.name}' in this store; index a catalogue first: indexer sync DAM_FOLDER"
             )
         recorded = catalogue.models()
-        if model:
-            catalogue.check_models([model_id_for(m.strip()) for m in model.split(",")])
-        else:
-            catalogue.check_models([m.model for m in recorded])
+        wanted = [model_id_for(m.strip()) for m in model.split(",")] if model else [m.model for m in recorded]
+        catalogue.check_models(wanted)
         self.catalogue = catalogue
         self.specs: list[ModelSpec] = recorded
         self.root = catalogue.metadata().get("root")
         self.encoders = [encoder_loader(spec.model, device=device) for spec in recorded]
-        catalogue.check_models([m.model for m in recorded], dims=[e.dim for e in self.encoders])
+        catalogue.check_models(wanted, loaded=[e.spec for e in self.encoders])
+        self.localiser = localiser if isinstance(localiser, Localiser) else self._localiser(localiser, device, detector_options or {})
+        self.last_timings: dict[str, float] = {}
 
-    def features(self, image: "Image.Image") -> QueryFeatures:
-        vectors = [encoder.embed([image])[0] for encoder in self.encoders]
-        return QueryFeatures(vectors=vectors, palette=extract_palette(image))
+    def _localiser(self, name: str, device: str, detector_options: dict) -> Localiser:
+        from search import locate
 
-    def candidates(self, features: QueryFeatures, limit: int, filters: tuple[tuple[str, str], ...] = ()) -> list[Candidate]:
-        """Nearest catalogue images by cosine (averaged over encoders when there are several)."""
+        if name == "centre":
+            return locate.CentreViews()
+        if name == "none":
+            return locate.WholePhoto()
+        if name == "proposals":
+            return locate.CropProposals(self._productness, max_regions=detector_options.get("max_regions", 5))
+        if name == "owlv2":
+            from indexer.encoders import resolve_device
+            from search.detect import OwlDetector
+
+            return OwlDetector(device=resolve_device(device), **detector_options)
+        raise BadInputError(f"unknown localiser {name!r}; choose one of centre, none, proposals, owlv2")
+
+    # -- features -------------------------------------------------------------
+
+    def features(self, image: "Image.Image") -> list[QueryFeatures]:
+        """One QueryFeatures per located product, most likely first."""
+        from search.foreground import on_white, product_mask
+
+        timings = dict.fromkeys(("locate", "cutout", "embed", "colour"), 0.0)
+        t = time.perf_counter()
+        regions = self.localiser.locate(image)
+        timings["locate"] = time.perf_counter() - t
+        found = []
+        for region in regions:
+            t0 = time.perf_counter()
+            crop = image.crop(region.box)
+            views = [image.crop(box) for box in region.views]
+            mask = None
+            if region.cutout:
+                mask = product_mask(crop)
+                views.append(on_white(crop, mask))
+            t1 = time.perf_counter()
+            vectors = [l2_normalise(encoder.embed(views).mean(axis=0)) for encoder in self.encoders]
+            t2 = time.perf_counter()
+            palette = extract_palette(crop, mask=mask) if mask is not None else extract_palette(image)
+            t3 = time.perf_counter()
+            timings["cutout"] += t1 - t0
+            timings["embed"] += t2 - t1
+            timings["colour"] += t3 - t2
+            category = self.localiser.category_of(region.label)
+            found.append(QueryFeatures(region=region, vectors=vectors, palette=palette, category=category))
+        self.last_timings = timings
+        return found
+
+    def query_features(self, path: str | Path) -> list[QueryFeatures]:
+        """Decode a photo and compute its features, exactly as `search image` does."""
+        return self.features(load_rgb(path, draft=QUERY_DECODE_SIDE))
+
+    def _productness(self, crops: list["Image.Image"]) -> np.ndarray:
+        """Mean cosine of each crop's ten nearest catalogue images: high for products, low for walls."""
         from qdrant_client import models as qm
 
+        vectors = self.encoders[0].embed(crops)
+        requests = [qm.QueryRequest(query=v.tolist(), using=self.specs[0].vector, limit=10) for v in vectors]
+        responses = self.catalogue.client.query_batch_points(self.catalogue.name, requests=requests)
+        return np.array([np.mean([p.score for p in r.points]) if r.points else 0.0 for r in responses])
+
+    # -- candidates and ranking ------------------------------------------------
+
+    def candidates(self, features: QueryFeatures, limit: int, filters: tuple[tuple[str, str], ...] = ()) -> list[Candidate]:
+        """Nearest catalogue images by cosine (the mean over encoders when there are several)."""
+        from qdrant_client import models as qm
+
+        if features.category:
+            filters = (*filters, ("category", features.category))
         query_filter = (
             qm.Filter(must=[qm.FieldCondition(key=k, match=qm.MatchValue(value=v)) for k, v in filters])
             if filters
@@ -140,33 +232,49 @@ class Searcher:
         fields = ["product_id", "path", "category", "colour.dominant"]
         if len(self.specs) == 1:
             points = self.catalogue.client.query_points(
-                self.catalogue.name,
-                query=features.vectors[0].tolist(),
-                using=self.specs[0].vector,
-                limit=limit,
-                query_filter=query_filter,
-                with_payload=fields,
+                self.catalogue.name, query=features.vectors[0].tolist(), using=self.specs[0].vector,
+                limit=limit, query_filter=query_filter, with_payload=fields,
             ).points
             return [_candidate(p, p.score) for p in points]
-        # Several encoders: union of each one's neighbours, then the mean cosine over all of them.
+        # Several encoders: the union of each one's neighbours, scored by the mean cosine over all.
         seen: dict = {}
         for spec, vector in zip(self.specs, features.vectors):
             for p in self.catalogue.client.query_points(
-                self.catalogue.name,
-                query=vector.tolist(),
-                using=spec.vector,
-                limit=limit,
-                query_filter=query_filter,
-                with_payload=fields,
-                with_vectors=[s.vector for s in self.specs],
+                self.catalogue.name, query=vector.tolist(), using=spec.vector, limit=limit,
+                query_filter=query_filter, with_payload=fields, with_vectors=[s.vector for s in self.specs],
             ).points:
                 seen.setdefault(p.id, p)
-        scored = []
-        for p in seen.values():
-            cosine = float(np.mean([np.dot(p.vector[s.vector], v) for s, v in zip(self.specs, features.vectors)]))
-            scored.append(_candidate(p, cosine))
+        scored = [
+            _candidate(p, float(np.mean([np.dot(p.vector[s.vector], v) for s, v in zip(self.specs, features.vectors)])))
+            for p in seen.values()
+        ]
         scored.sort(key=lambda c: -c.cosine)
         return scored[:limit]
+
+    def search_image(self, image: "Image.Image", options: SearchOptions) -> list[Group]:
+        """Ranked products for each located product in an RGB image already in memory."""
+        groups = []
+        t = time.perf_counter()
+        all_features = self.features(image)
+        t_features = time.perf_counter() - t
+        query_seconds = rank_seconds = 0.0
+        for features in all_features:
+            t0 = time.perf_counter()
+            found = self.candidates(features, options.candidates, options.filters)
+            t1 = time.perf_counter()
+            groups.append(Group(features.region, rank(found, features.palette, options, root=self.root)))
+            query_seconds += t1 - t0
+            rank_seconds += time.perf_counter() - t1
+        self.last_timings = {**self.last_timings, "features": t_features, "query": query_seconds, "rank": rank_seconds}
+        return _distinct_groups(groups)
+
+    def search_file(self, path: str | Path, options: SearchOptions) -> SearchResult:
+        t0 = time.perf_counter()
+        image = load_rgb(path, draft=QUERY_DECODE_SIDE)
+        decoded = time.perf_counter() - t0
+        groups = self.search_image(image, options)
+        timings = {"decode": decoded, **self.last_timings, "total": time.perf_counter() - t0}
+        return SearchResult(query=str(path), groups=groups, timings=timings)
 
     def reference_images(self) -> dict[str, str]:
         """Product id -> absolute path of one of its catalogue images (for reports)."""
@@ -174,28 +282,6 @@ class Searcher:
         for image in self.catalogue.indexed_images():
             images.setdefault(image.product_id, str(Path(self.root) / image.path) if self.root else image.path)
         return images
-
-    def query_features(self, path: str | Path) -> QueryFeatures:
-        """Decode a photo and compute its features, exactly as `search image` does."""
-        return self.features(load_rgb(path, draft=QUERY_DECODE_SIDE))
-
-    def search_image(self, image: "Image.Image", options: SearchOptions) -> list[Match]:
-        """Ranked products for an RGB image already in memory."""
-        features = self.features(image)
-        return rank(self.candidates(features, options.candidates, options.filters), features.palette, options, root=self.root)
-
-    def search_file(self, path: str | Path, options: SearchOptions) -> SearchResult:
-        import time
-
-        t0 = time.perf_counter()
-        features = self.query_features(path)
-        t1 = time.perf_counter()
-        found = self.candidates(features, options.candidates, options.filters)
-        t2 = time.perf_counter()
-        matches = rank(found, features.palette, options, root=self.root)
-        t3 = time.perf_counter()
-        timings = {"features": t1 - t0, "query": t2 - t1, "rank": t3 - t2, "total": t3 - t0}
-        return SearchResult(query=str(path), matches=matches, timings=timings)
 
 
 def _candidate(point, cosine: float) -> Candidate:
@@ -242,3 +328,18 @@ def rank(candidates: list[Candidate], palette: Palette, options: SearchOptions, 
         )
         for i, (score, bonus, distance, c) in enumerate(rows)
     ]
+
+
+def _distinct_groups(groups: list[Group]) -> list[Group]:
+    """Two boxes on one product (a shoe and its pair) give one group: the first, most likely, stays."""
+    kept, seen = [], set()
+    for group in groups:
+        top = group.matches[0].product_id if group.matches else None
+        if top is not None and top in seen:
+            continue
+        seen.add(top)
+        kept.append(group)
+    return kept
+
+
+__all__ = ["Searcher", "SearchOptions", "SearchResult", "Group", "Match", "rank"]

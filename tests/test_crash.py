@@ -37,7 +37,7 @@ def test_sync_killed_midway_then_rerun_converges(tmp_path, store, tiny_clip, cli
         sys.executable, "-m", "indexer.cli", "sync", str(dam), "--model", tiny_clip,
         "--qdrant-path", store, "--batch-size", "2", "--workers", "1", "-q",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while stored_rows(store) < 10 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -52,7 +52,7 @@ def test_fused_network_matches_the_reference_implementation(lite0):
     assert np.abs(l2_normalise(reference) - ours).max() < 1e-5
 
 
-def test_preprocessing_is_the_reference_evaluation_transform(lite0):
+def test_preprocessing_keeps_the_whole_catalogue_shot(lite0):
     from indexer.encoders import load_encoder
 
     white = load_rgb(DATA / "dam" / "M9206UMOSM941.jpeg")  # white studio backdrop
@@ -60,6 +60,10 @@ def test_preprocessing_is_the_reference_evaluation_transform(lite0):
     assert x.shape == (3, 224, 224) and x.dtype == np.float32
     assert x.max() <= (255 - 127) / 128 + 1e-6 and x.min() >= -127 / 128 - 1e-6
     assert np.isclose(x[:, 0, 0], (255 - 127) / 128, atol=0.02).all()  # the white backdrop
+    # Nothing trimmed: a product touching the frame's edge is still in the input.
+    edge = load_rgb(DATA / "dam" / "M9206UMOSM941.jpeg").copy()
+    edge.paste((0, 0, 0), (0, 0, 4, edge.height))
+    assert (lite0.preprocess(edge)[:, :, 0] < -0.9).all()
     assert load_encoder("efficientnet-lite2", device="cpu").preprocess(white).shape == (3, 260, 260)
 
 

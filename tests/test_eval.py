@@ -14,6 +14,10 @@ import pytest
 from conftest import studio_shot
 from search.evaluate import summarise
 
+# The tiny random model recognises only identical pixels, so these tests search whole photos:
+# localisation (crops, cut-outs) is tested with real weights in test_efficientnet.py.
+WHOLE = ("--locate", "none")
+
 
 def test_summary_metrics_on_hand_computed_ranks():
     m = summarise([1, 3, None, 12], ks=(1, 5, 10))
@@ -51,7 +55,7 @@ def labelled(cli, dam, store, tiny_clip, tmp_path):
 
 def test_eval_reports_accuracy_ranks_and_what_it_skipped(cli, labelled, store, encode_calls):
     queries, truth = labelled
-    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--json", "--sweep")
+    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--json", "--sweep", *WHOLE)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["queries"] == 3
@@ -76,7 +80,7 @@ def test_eval_ranks_a_confusable_query_honestly(cli, labelled, store, dam):
     queries, truth = labelled
     truth_wrong = truth.parent / "wrong.csv"
     truth_wrong.write_text("query,reference\nbag.jpg,N2002WOMFWD301.jpeg\nred.png,RED-BAG\n")
-    data = json.loads(cli("search", "eval", "--queries", queries, "--ground-truth", truth_wrong, "--qdrant-path", store, "--json").stdout)
+    data = json.loads(cli("search", "eval", "--queries", queries, "--ground-truth", truth_wrong, "--qdrant-path", store, "--json", *WHOLE).stdout)
     ranks = {q["query"]: q["ranks"]["cosine only"] for q in data["per_query"]}
     assert ranks["red.png"] == 1 and ranks["bag.jpg"] > 1
     assert data["settings"]["cosine only"]["top1"] == 0.5
@@ -84,7 +88,7 @@ def test_eval_ranks_a_confusable_query_honestly(cli, labelled, store, dam):
 
 def test_eval_table_for_people(cli, labelled, store):
     queries, truth = labelled
-    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--sweep")
+    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--sweep", *WHOLE)
     assert result.exit_code == 0
     assert "top-1" in result.stdout and "MRR" in result.stdout and "Best of the sweep" in result.stdout
     assert "Per category" in result.stdout
@@ -107,7 +111,7 @@ def test_eval_with_bad_inputs_is_exit_3(cli, labelled, store, tmp_path):
 def test_report_is_self_contained_html(cli, labelled, store, tmp_path):
     queries, truth = labelled
     report = tmp_path / "out" / "report.html"
-    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--report", report)
+    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--report", report, *WHOLE)
     assert result.exit_code == 0
     page = report.read_text()
     for name in ("bag.jpg", "shoe.jpg", "red.png", "top-1", "MRR"):
@@ -127,7 +131,7 @@ def test_report_renders_in_a_real_browser(cli, labelled, store, tmp_path):
 
     queries, truth = labelled
     report = tmp_path / "report.html"
-    cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--report", report)
+    cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--report", report, *WHOLE)
     shot = tmp_path / "shot.png"
     subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

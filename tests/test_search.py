@@ -10,6 +10,10 @@ import pytest
 from conftest import open_store, studio_shot
 from search.rescore import colour_bonus, qdrant_formula, rescore
 
+# The tiny random model recognises only identical pixels: tests that need "a catalogue image finds
+# itself" search the whole photo. Localisation is tested in test_locate.py and test_efficientnet.py.
+WHOLE = ("--locate", "none")
+
 
 def test_rescoring_formula_on_hand_computed_numbers():
     cosines = np.array([0.80, 0.80, 0.80, 0.70])
@@ -20,7 +24,7 @@ def test_rescoring_formula_on_hand_computed_numbers():
 
 
 def test_search_prints_a_ranked_table_with_score_breakdown(synced, cli, dam, store):
-    result = cli("search", "image", dam / "M3550HLEZJM900.jpeg", "--qdrant-path", store, "--top-k", "5")
+    result = cli("search", "image", dam / "M3550HLEZJM900.jpeg", "--qdrant-path", store, "--top-k", "5", *WHOLE)
     assert result.exit_code == 0
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == ["rank", "product", "score", "cosine", "colour", "reference", "image"]
@@ -31,7 +35,7 @@ def test_search_prints_a_ranked_table_with_score_breakdown(synced, cli, dam, sto
 
 
 def test_search_json_scores_add_up_and_are_sorted(synced, cli, dam, store):
-    result = cli("search", "image", dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--json")
+    result = cli("search", "image", dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--json", *WHOLE)
     [entry] = json.loads(result.stdout)
     matches = entry["matches"]
     assert len(matches) == 10 and [m["rank"] for m in matches] == list(range(1, 11))
@@ -71,7 +75,7 @@ def test_one_qdrant_query_with_formula_equals_python_rescoring(synced, dam, stor
     try:
         searcher = Searcher(Catalogue(client))
         options = SearchOptions(top_k=16, candidates=16, alpha=0.2, threshold=60.0)
-        features = searcher.features(load_rgb(dam / "generated" / "BLUE-BAG.png"))
+        [features] = searcher.features(load_rgb(dam / "generated" / "BLUE-BAG.png"))  # default pipeline: centre views
         python = rank(searcher.candidates(features, options.candidates), features.palette, options)
         from qdrant_client import models as qm
 

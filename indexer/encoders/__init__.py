@@ -41,6 +41,15 @@ class Encoder(ABC):
     dim: int
     device: str
     batch_size: int = 32
+    #: Bumped when this tool changes how pixels become vectors for this model.
+    revision: int = 1
+
+    @property
+    def spec(self):
+        """How the collection records this encoder."""
+        from indexer.store import ModelSpec
+
+        return ModelSpec(self.model_id, self.dim, self.revision)
 
     @abstractmethod
     def preprocess(self, image: "Image.Image") -> np.ndarray:

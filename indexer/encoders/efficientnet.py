@@ -7,9 +7,12 @@ The weights are the official TF Lite release converted for the
 networks but cannot be imported without torchvision.
 
 Embedding: global average pool of the last feature map (1280 values),
-L2-normalised. Preprocessing is the reference evaluation transform: centre
-crop of image_size / (image_size + 32) of the short side, bicubic resize to
-image_size, then (pixel - 127) / 128.
+L2-normalised. Preprocessing is the reference evaluation transform (bicubic
+resize of the centred square to image_size, then (pixel - 127) / 128) with
+one change: the reference first trims image_size/(image_size + 32) of the
+short side, and catalogue shots fill their frame, so that trim cuts handles
+and heels off. Measured on the synthetic store photos (catalogue trimmed vs
+not, same queries): top-1 64 % vs 71 %.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from indexer.encoders import _torch
 from indexer.errors import ModelLoadError
 
 _IMAGE_SIZE = {"efficientnet-lite0": 224, "efficientnet-lite2": 260}
-_CROP_PADDING = 32
 _MEAN = 127.0
 _STD = 128.0
 
@@ -79,6 +81,8 @@ def fuse_batch_norms(model):
 
 
 class EfficientNetLiteEncoder(Encoder):
+    revision = 2  # 1 trimmed the catalogue shot's edges like the ImageNet reference
+
     def __init__(self, name: str, *, device: str = "cpu"):
         if name not in _IMAGE_SIZE:
             raise ModelLoadError(f"unknown offline model {name!r}; choose one of {', '.join(_IMAGE_SIZE)}")
@@ -90,7 +94,7 @@ class EfficientNetLiteEncoder(Encoder):
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         width, height = image.size
-        crop = self.image_size / (self.image_size + _CROP_PADDING) * min(width, height)
+        crop = min(width, height)
         left, top = (width - crop) / 2, (height - crop) / 2
         resized = image.resize(
             (self.image_size, self.image_size),
