@@ -133,6 +133,7 @@ def info(qdrant_path, qdrant_url, collection, as_json) -> None:
         "models": meta.get("models", []),
         "root": meta.get("root"),
         "schema": meta.get("schema"),
+        "calibration": meta.get("calibration"),
     }
     if as_json:
         emit_json(data)
@@ -142,6 +143,8 @@ def info(qdrant_path, qdrant_url, collection, as_json) -> None:
         click.echo(f"model       {m['model']}  (vector '{m['vector']}', {m['dim']}-d)")
     if data["categories"]:
         click.echo(f"categories  {', '.join(data['categories'])}")
+    calibration = data["calibration"]
+    click.echo(f"confidence  {'calibrated on ' + calibration['source'] if calibration else 'built-in calibration (run search eval --calibrate)'}")
 
 
 if __name__ == "__main__":

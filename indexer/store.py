@@ -173,13 +173,14 @@ class Catalogue:
     def models(self) -> list[ModelSpec]:
         return [ModelSpec(m["model"], int(m["dim"]), int(m.get("revision", 1))) for m in self.metadata().get("models", [])]
 
-    def create(self, models: list[ModelSpec], *, root: str, extra: dict | None = None) -> None:
+    def create(self, models: list[ModelSpec], *, root: str) -> None:
         from qdrant_client import models as qm
 
+        record = {"schema": SCHEMA_VERSION, "models": [m.to_dict() for m in models], "root": root}
         self.client.create_collection(
             self.name,
             vectors_config={m.vector: qm.VectorParams(size=m.dim, distance=qm.Distance.COSINE) for m in models},
-            metadata={METADATA_KEY: self._metadata(models, root, extra)},
+            metadata={METADATA_KEY: record},
         )
         with warnings.catch_warnings():
             # Embedded mode filters by brute force and says indexes do nothing there; a server uses them.
@@ -187,12 +188,9 @@ class Catalogue:
             for field in INDEXED_FIELDS:
                 self.client.create_payload_index(self.name, field, qm.PayloadSchemaType.KEYWORD)
 
-    def update_metadata(self, models: list[ModelSpec], *, root: str, extra: dict | None = None) -> None:
-        self.client.update_collection(self.name, metadata={METADATA_KEY: self._metadata(models, root, extra)})
-
-    @staticmethod
-    def _metadata(models: list[ModelSpec], root: str, extra: dict | None) -> dict:
-        return {"schema": SCHEMA_VERSION, "models": [m.to_dict() for m in models], "root": root, **(extra or {})}
+    def update_metadata(self, **fields) -> None:
+        """Set fields of this tool's metadata record (`root`, `calibration`), keeping the others."""
+        self.client.update_collection(self.name, metadata={METADATA_KEY: {**self.metadata(), **fields}})
 
     def drop(self) -> None:
         if self.exists():

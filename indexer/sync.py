@@ -145,7 +145,7 @@ def sync(
         else:
             catalogue.create(specs, root=str(root.resolve()))
     if catalogue.metadata().get("root") != str(root.resolve()):
-        catalogue.update_metadata(catalogue.models(), root=str(root.resolve()))
+        catalogue.update_metadata(root=str(root.resolve()))
 
     t = time.perf_counter()
     catalogue.delete([image.point_id for image in plan.to_delete])

@@ -8,6 +8,7 @@ import click
 
 from indexer.cli_common import emit_json, open_catalogue, reports_errors, store_options, table
 from indexer.encoders import MODEL_ENV_VAR
+from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD
 
 
@@ -45,6 +46,7 @@ def ranking_options(command):
         click.option("--detector", default=None, metavar="ID_OR_PATH", help="OWLv2 checkpoint for --locate owlv2 [default: google/owlv2-base-patch16-ensemble]."),
         click.option("--prompt", "prompts", multiple=True, metavar="TEXT[=CATEGORY]", help="What --locate owlv2 looks for, e.g. 'a handbag=W Bags' (searched within that category). Repeatable."),
         click.option("--max-products", type=click.IntRange(1), default=5, show_default=True, help="Most products reported per photo by proposals/owlv2."),
+        click.option("--min-confidence", type=click.FloatRange(0, 1), default=DEFAULT_MIN_CONFIDENCE, show_default=True, help="Below this calibrated probability the top answer is flagged 'no confident match'."),
     ]
     for decorate in reversed(decorators):
         command = decorate(command)
@@ -76,12 +78,12 @@ def _searcher(catalogue, model, device, locate, detector, prompts, max_products)
     return Searcher(catalogue, model=model, device=device, localiser=locate, detector_options=options)
 
 
-def _options(top_k, candidates, alpha, threshold, no_colour, filters):
+def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence):
     from search.query import SearchOptions
 
     return SearchOptions(
         top_k=top_k, candidates=max(candidates, top_k), alpha=alpha, threshold=threshold,
-        colour=not no_colour, filters=_parse_filters(filters),
+        colour=not no_colour, filters=_parse_filters(filters), min_confidence=min_confidence,
     )
 
 
@@ -91,7 +93,7 @@ def _options(top_k, candidates, alpha, threshold, no_colour, filters):
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (a list, one entry per photo).")
 @reports_errors
-def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model, device, locate, detector, prompts, max_products, qdrant_path, qdrant_url, collection, as_json) -> None:
+def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model, device, locate, detector, prompts, max_products, min_confidence, qdrant_path, qdrant_url, collection, as_json) -> None:
     """Rank catalogue products for each photo in PHOTOS.
 
     Each row is a product with its best-matching catalogue image: final
@@ -105,7 +107,7 @@ def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model
     """
     from indexer.errors import BadInputError
 
-    options = _options(top_k, candidates, alpha, threshold, no_colour, filters)
+    options = _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence)
     missing = [p for p in photos if not p.is_file()]
     if len(missing) == len(photos):
         raise BadInputError(f"{missing[0]}: no such file")
@@ -122,12 +124,12 @@ def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model
         emit_json([r.to_dict() for r in results])
     else:
         for result in results:
-            _print_result(result, multiple=len(photos) > 1)
+            _print_result(result, options, multiple=len(photos) > 1)
     if failures:
         raise SystemExit(BadInputError.exit_code)
 
 
-def _print_result(result, multiple: bool) -> None:
+def _print_result(result, options, multiple: bool) -> None:
     if multiple:
         click.echo(f"\n{result.query}")
     for n, group in enumerate(result.groups):
@@ -135,6 +137,11 @@ def _print_result(result, multiple: bool) -> None:
             x0, y0, x1, y1 = group.region.box
             what = f" {group.region.label}" if group.region.label else ""
             click.echo(f"{'' if n == 0 else chr(10)}product {n + 1}{what} at ({x0},{y0})-({x1},{y1}), region score {group.region.score:.3f}")
+        if not group.confident:
+            click.echo(
+                f"no confident match (confidence {group.confidence:.2f} < {options.min_confidence:.2f}): the first answer is "
+                "likely wrong or the product is not in the catalogue; compare the candidates below"
+            )
         rows = [(m.rank, m.product_id, m.score, m.cosine, m.colour_bonus, m.image or m.path) for m in group.matches]
         click.echo(table(("rank", "product", "score", "cosine", "colour", "reference image"), rows, align="rlrrrl"))
     click.echo(f"({result.timings['total'] * 1000:.0f} ms)", err=True)
@@ -156,11 +163,12 @@ def _floats(value: str, name: str) -> list[float]:
 @click.option("--alphas", default="0.01,0.02,0.05,0.1,0.2,0.3", show_default=True, help="Alpha grid for --sweep.")
 @click.option("--thresholds", default="10,20,30,40,60", show_default=True, help="Threshold grid for --sweep.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False), help="Write a self-contained HTML report here.")
+@click.option("--calibrate", is_flag=True, help="Fit the 'no confident match' calibration on these photos and store it in the collection.")
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON, per-query ranks included.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_colour, filters, model, device, locate, detector, prompts, max_products, ks, sweep, alphas, thresholds, report, qdrant_path, qdrant_url, collection, as_json, quiet) -> None:
+def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_colour, filters, model, device, locate, detector, prompts, max_products, min_confidence, ks, sweep, alphas, thresholds, report, calibrate, qdrant_path, qdrant_url, collection, as_json, quiet) -> None:
     """Measure how well search names the products in labelled photos.
 
     Every photo in --queries with a row in --ground-truth goes through the
@@ -174,6 +182,7 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
     4 store unavailable, 5 model mismatch.
     """
     from indexer.cli_common import progress_bar
+    from indexer.errors import BadInputError
     from search.evaluate import Setting, evaluate, grid_settings, read_ground_truth
 
     cutoffs = tuple(sorted({int(k) for k in _floats(ks, "--k") if k >= 1}))
@@ -195,20 +204,40 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
         )
     shown = settings[1].name if len(settings) > 1 and not no_colour else settings[0].name
     best = evaluation.best([s for s in settings if s.colour] or settings)
+    confidence = evaluation.confidence_quality(shown, searcher.calibration)
+    fitted = None
+    if calibrate:
+        from search.confidence import fit
+
+        try:
+            calibration, fitted = fit(evaluation.calibration_samples(shown), source=f"{len(evaluation.results)} photos in {queries}")
+        except ValueError as exc:
+            raise BadInputError(f"cannot calibrate on {queries}: {exc}") from None
+        catalogue.update_metadata(calibration=calibration.to_metadata())
+        fitted["stored_in"] = collection
     if report:
         from search.report import write_report
 
         write_report(evaluation, report, queries_dir=queries, shown_setting=shown, reference_images=searcher.reference_images())
         click.echo(f"Report written to {report}", err=True)
     if as_json:
-        data = evaluation.to_dict(top_k)
+        data = evaluation.to_dict(top_k, shown=(shown, best.name))
         data["best"] = {"setting": best.name, "alpha": best.alpha, "threshold": best.threshold}
         data["collection"] = collection
         data["models"] = [s.model for s in searcher.specs]
         data["locate"] = searcher.localiser.name
+        data["confidence"] = confidence
+        data["calibrated"] = fitted
         emit_json(data)
         return
     _print_evaluation(evaluation, collection, searcher, shown, best, sweep)
+    if confidence:
+        click.echo(
+            f"Confidence ({confidence['calibration']}): AUC {confidence['auc']:.3f} separating right top-1 answers "
+            f"from wrong and not-in-catalogue ones; mean {confidence['mean_confidence_right']:.2f} vs {confidence['mean_confidence_wrong']:.2f}"
+        )
+    if fitted:
+        click.echo(f"Calibrated on {fitted['samples']} answers ({fitted['right']} right): AUC {fitted['auc']:.3f}; stored in collection '{collection}'")
 
 
 def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> None:

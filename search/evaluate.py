@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
+
 from indexer.errors import BadInputError
 from indexer.images import IMAGE_SUFFIXES
 from search.query import Candidate, Match, QueryFeatures, SearchOptions, Searcher, rank
@@ -42,6 +44,10 @@ class QueryResult:
     category: str | None
     ranks: dict[str, int | None] = field(default_factory=dict)  # setting name -> rank of first correct
     top: dict[str, list[Match]] = field(default_factory=dict)  # setting name -> top-k shown
+    # setting name -> the two best product scores, as ranked, and with the expected products hidden
+    # (what a photo of a product missing from the catalogue would get): the confidence signals.
+    top_scores: dict[str, list[float]] = field(default_factory=dict)
+    hidden_scores: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -75,6 +81,28 @@ class Evaluation:
                 groups.setdefault(r.category, []).append(r.ranks[setting])
         return {name: summarise(ranks, self.ks) for name, ranks in sorted(groups.items())}
 
+    def calibration_samples(self, setting: str) -> list[tuple[list[float], bool]]:
+        """(scores, top-1 right) for each photo as it is, and with its products hidden (always wrong)."""
+        samples = [(r.top_scores[setting], r.ranks[setting] == 1) for r in self.results if r.top_scores.get(setting)]
+        samples += [(r.hidden_scores[setting], False) for r in self.results if r.hidden_scores.get(setting)]
+        return samples
+
+    def confidence_quality(self, setting: str, calibration) -> dict | None:
+        """How well a calibration separates right answers from wrong and not-in-catalogue ones here."""
+        from sklearn.metrics import roc_auc_score
+
+        samples = self.calibration_samples(setting)
+        labels = [right for _, right in samples]
+        if all(labels) or not any(labels):
+            return None
+        predicted = [calibration.confidence(scores) for scores, _ in samples]
+        return {
+            "calibration": calibration.source,
+            "auc": round(float(roc_auc_score(labels, predicted)), 4),
+            "mean_confidence_right": round(float(np.mean([p for p, y in zip(predicted, labels) if y])), 4),
+            "mean_confidence_wrong": round(float(np.mean([p for p, y in zip(predicted, labels) if not y])), 4),
+        }
+
     def best(self, candidates: Iterable[Setting]) -> Setting:
         """Highest MRR, then top-1, then top-5...: MRR moves with every rank, so small sets still separate."""
 
@@ -84,7 +112,8 @@ class Evaluation:
 
         return max(candidates, key=key)
 
-    def to_dict(self, top_k: int) -> dict:
+    def to_dict(self, top_k: int, shown: tuple[str, ...] = ()) -> dict:
+        """Everything, per-query ranks under every setting; top-k lists only for the `shown` settings."""
         return {
             "queries": len(self.results),
             "seconds": round(self.seconds, 2),
@@ -98,7 +127,9 @@ class Evaluation:
                     "expected": r.expected,
                     "category": r.category,
                     "ranks": r.ranks,
-                    "top": {name: [m.to_dict() for m in matches[:top_k]] for name, matches in r.top.items()},
+                    "top_scores": {k: [round(v, 6) for v in vals] for k, vals in r.top_scores.items() if k in shown},
+                    "hidden_scores": {k: [round(v, 6) for v in vals] for k, vals in r.hidden_scores.items() if k in shown},
+                    "top": {name: [m.to_dict() for m in matches[:top_k]] for name, matches in r.top.items() if name in shown},
                     "seconds": round(r.seconds, 3),
                 }
                 for r in self.results
@@ -220,9 +251,11 @@ def evaluate(
             options = SearchOptions(
                 top_k=top_k, candidates=candidates, alpha=setting.alpha, threshold=setting.threshold, colour=setting.colour
             )
-            result.ranks[setting.name], result.top[setting.name] = _rank_of_expected(
-                everything, features, options, set(expected), searcher.root
-            )
+            ranked = _ranking(everything, features, options, searcher.root)
+            result.ranks[setting.name] = _rank_of(ranked, everything, options.candidates, set(expected))
+            result.top[setting.name] = ranked[:top_k]
+            result.top_scores[setting.name] = [m.score for m in ranked[:2]]
+            result.hidden_scores[setting.name] = [m.score for m in ranked if m.product_id not in expected][:2]
         result.seconds = time.perf_counter() - t0
         results.append(result)
         if progress:
@@ -232,16 +265,17 @@ def evaluate(
     return Evaluation(ks, settings, results, skipped, missing, time.perf_counter() - started)
 
 
-def _rank_of_expected(
-    everything: list[Candidate], features: QueryFeatures, options: SearchOptions, expected: set[str], root: str | None
-) -> tuple[int | None, list[Match]]:
+def _ranking(everything: list[Candidate], features: QueryFeatures, options: SearchOptions, root: str | None) -> list[Match]:
+    """Every product among the re-scored candidates, best first, as `search image` ranks them."""
+    return rank(everything[: options.candidates], features.palette, replace(options, top_k=len(everything)), root=root)
+
+
+def _rank_of(ranked: list[Match], everything: list[Candidate], candidates: int, expected: set[str]) -> int | None:
     """Rank of the first expected product: re-scored candidates, then the rest by cosine."""
-    shown = rank(everything[: options.candidates], features.palette, replace(options, top_k=len(everything)), root=root)
-    order = [m.product_id for m in shown]
+    order = [m.product_id for m in ranked]
     seen = set(order)
-    for candidate in everything[options.candidates :]:
+    for candidate in everything[candidates:]:
         if candidate.product_id not in seen:
             seen.add(candidate.product_id)
             order.append(candidate.product_id)
-    position = next((i + 1 for i, product in enumerate(order) if product in expected), None)
-    return position, shown[: options.top_k]
+    return next((i + 1 for i, product in enumerate(order) if product in expected), None)

@@ -12,7 +12,7 @@ its candidates under many (alpha, threshold) settings:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -24,6 +24,7 @@ from indexer.errors import BadInputError
 from indexer.images import load_rgb
 from indexer.store import Catalogue, ModelSpec
 from search.locate import Localiser, Region
+from search.confidence import DEFAULT_MIN_CONFIDENCE, Calibration
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD, colour_bonus
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class SearchOptions:
     threshold: float = DEFAULT_THRESHOLD
     colour: bool = True
     filters: tuple[tuple[str, str], ...] = ()
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
 
 
 @dataclass(frozen=True)
@@ -93,16 +95,20 @@ class Match:
 
 @dataclass
 class Group:
-    """The ranked products for one located product."""
+    """The ranked products for one located product, and how sure the first one is."""
 
     region: Region
     matches: list[Match]
+    confidence: float | None = None
+    confident: bool = True
 
     def to_dict(self) -> dict:
         return {
             "box": list(self.region.box),
             "label": self.region.label,
             "region_score": round(self.region.score, 4),
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "confident": self.confident,
             "matches": [m.to_dict() for m in self.matches],
         }
 
@@ -119,8 +125,11 @@ class SearchResult:
         return self.groups[0].matches if self.groups else []
 
     def to_dict(self) -> dict:
+        first = self.groups[0] if self.groups else None
         return {
             "query": self.query,
+            "confidence": None if first is None or first.confidence is None else round(first.confidence, 4),
+            "confident": bool(first and first.confident),
             "matches": [m.to_dict() for m in self.matches],
             "groups": [g.to_dict() for g in self.groups],
             "timings_ms": {k: round(v * 1000, 1) for k, v in self.timings.items()},
@@ -149,7 +158,9 @@ class Searcher:
         catalogue.check_models(wanted)
         self.catalogue = catalogue
         self.specs: list[ModelSpec] = recorded
-        self.root = catalogue.metadata().get("root")
+        metadata = catalogue.metadata()
+        self.root = metadata.get("root")
+        self.calibration = Calibration.from_metadata(metadata.get("calibration"))
         self.encoders = [encoder_loader(spec.model, device=device) for spec in recorded]
         catalogue.check_models(wanted, loaded=[e.spec for e in self.encoders])
         self.localiser = localiser if isinstance(localiser, Localiser) else self._localiser(localiser, device, detector_options or {})
@@ -219,7 +230,7 @@ class Searcher:
     # -- candidates and ranking ------------------------------------------------
 
     def candidates(self, features: QueryFeatures, limit: int, filters: tuple[tuple[str, str], ...] = ()) -> list[Candidate]:
-        """Nearest catalogue images by cosine (the mean over encoders when there are several)."""
+        """Nearest catalogue images by cosine (the mean over encoders when there are several), best first."""
         from qdrant_client import models as qm
 
         if features.category:
@@ -230,26 +241,27 @@ class Searcher:
             else None
         )
         fields = ["product_id", "path", "category", "colour.dominant"]
-        if len(self.specs) == 1:
-            points = self.catalogue.client.query_points(
-                self.catalogue.name, query=features.vectors[0].tolist(), using=self.specs[0].vector,
-                limit=limit, query_filter=query_filter, with_payload=fields,
-            ).points
-            return [_candidate(p, p.score) for p in points]
-        # Several encoders: the union of each one's neighbours, scored by the mean cosine over all.
-        seen: dict = {}
-        for spec, vector in zip(self.specs, features.vectors):
+        # Each encoder's nearest neighbours; a point missed by some encoder gets that encoder's
+        # cosine from its stored vector, so every candidate is scored by the mean over all encoders.
+        scores: dict = {}
+        points: dict = {}
+        for i, (spec, vector) in enumerate(zip(self.specs, features.vectors)):
             for p in self.catalogue.client.query_points(
                 self.catalogue.name, query=vector.tolist(), using=spec.vector, limit=limit,
-                query_filter=query_filter, with_payload=fields, with_vectors=[s.vector for s in self.specs],
+                query_filter=query_filter, with_payload=fields,
             ).points:
-                seen.setdefault(p.id, p)
-        scored = [
-            _candidate(p, float(np.mean([np.dot(p.vector[s.vector], v) for s, v in zip(self.specs, features.vectors)])))
-            for p in seen.values()
-        ]
-        scored.sort(key=lambda c: -c.cosine)
-        return scored[:limit]
+                scores.setdefault(p.id, {})[i] = p.score
+                points.setdefault(p.id, p)
+        incomplete = [pid for pid, by_encoder in scores.items() if len(by_encoder) < len(self.specs)]
+        if incomplete:
+            for p in self.catalogue.client.retrieve(
+                self.catalogue.name, ids=incomplete, with_payload=False, with_vectors=[s.vector for s in self.specs]
+            ):
+                for i, (spec, vector) in enumerate(zip(self.specs, features.vectors)):
+                    scores[p.id].setdefault(i, float(np.dot(p.vector[spec.vector], vector)))
+        found = [_candidate(points[pid], float(np.mean(list(by_encoder.values())))) for pid, by_encoder in scores.items()]
+        found.sort(key=lambda c: -c.cosine)
+        return found[:limit]
 
     def search_image(self, image: "Image.Image", options: SearchOptions) -> list[Group]:
         """Ranked products for each located product in an RGB image already in memory."""
@@ -262,11 +274,18 @@ class Searcher:
             t0 = time.perf_counter()
             found = self.candidates(features, options.candidates, options.filters)
             t1 = time.perf_counter()
-            groups.append(Group(features.region, rank(found, features.palette, options, root=self.root)))
+            ranked = rank(found, features.palette, replace(options, top_k=max(options.top_k, 2)), root=self.root)
+            groups.append(self.group(features.region, ranked, options))
             query_seconds += t1 - t0
             rank_seconds += time.perf_counter() - t1
         self.last_timings = {**self.last_timings, "features": t_features, "query": query_seconds, "rank": rank_seconds}
         return _distinct_groups(groups)
+
+    def group(self, region: Region, ranked: list[Match], options: SearchOptions) -> Group:
+        """A located product's group; `ranked` holds at least its two best products, for the margin."""
+        confidence = self.calibration.confidence([m.score for m in ranked])
+        confident = confidence is not None and confidence >= options.min_confidence
+        return Group(region, ranked[: options.top_k], confidence=confidence, confident=confident)
 
     def search_file(self, path: str | Path, options: SearchOptions) -> SearchResult:
         t0 = time.perf_counter()

@@ -144,3 +144,31 @@ def test_report_renders_in_a_real_browser(cli, labelled, store, tmp_path):
     green = (abs(pixels[..., 0] - 0x1A) < 8) & (abs(pixels[..., 1] - 0x9E) < 8) & (abs(pixels[..., 2] - 0x3A) < 8)
     assert green.sum() > 500
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000
+
+
+def test_confidence_is_a_logistic_of_top_score_and_margin():
+    from search.confidence import Calibration
+
+    calibration = Calibration(weight_top=1.0, weight_margin=2.0, bias=-1.0, source="test", samples=2)
+    # z = 1 * 0.8 + 2 * (0.8 - 0.5) - 1 = 0.4
+    assert calibration.confidence([0.8, 0.5, 0.1]) == pytest.approx(1 / (1 + np.exp(-0.4)))
+    assert calibration.confidence([]) is None
+
+
+def test_calibrated_search_flags_a_product_missing_from_the_catalogue(cli, labelled, store, tmp_path, dam):
+    queries, truth = labelled
+    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store,
+                 "--calibrate", "--json", *WHOLE)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["calibrated"]["samples"] == 6 and data["calibrated"]["auc"] == 1.0  # 3 photos, each also with its product hidden
+    info = json.loads(cli("indexer", "info", "--qdrant-path", store, "--json").stdout)
+    assert info["calibration"]["samples"] == 6
+
+    known = cli("search", "image", dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--json", *WHOLE)
+    assert json.loads(known.stdout)[0]["confident"] is True
+    stranger = studio_shot(tmp_path / "not-ours.png", (90, 200, 200), shape="rectangle")
+    unknown = cli("search", "image", stranger, "--qdrant-path", store, *WHOLE)
+    assert "no confident match" in unknown.stdout
+    [entry] = json.loads(cli("search", "image", stranger, "--qdrant-path", store, "--json", *WHOLE).stdout)
+    assert entry["confident"] is False and entry["confidence"] < json.loads(known.stdout)[0]["confidence"]
