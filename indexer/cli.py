@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import emit_json, open_catalogue, progress_bar, reports_errors, store_options, table
+from indexer.cli_common import (
+    emit_json,
+    open_catalogue,
+    progress_bar,
+    reports_errors,
+    store_options,
+    table,
+)
 from indexer.encoders import MODEL_ENV_VAR
 from indexer.errors import EXIT_PARTIAL
 

@@ -49,7 +49,7 @@ class Palette:
         }
 
     @classmethod
-    def from_payload(cls, payload: dict) -> "Palette":
+    def from_payload(cls, payload: dict) -> Palette:
         entries = payload["palette"]
         lab = np.array([[e["L"], e["a"], e["b"]] for e in entries], dtype=np.float64)
         weights = np.array([e["weight"] for e in entries], dtype=np.float64)

@@ -37,3 +37,9 @@ class ModelMismatch(CatalogueError):
 
 class ModelLoadError(CatalogueError):
     exit_code = 6
+
+
+def first_line(exc: BaseException) -> str:
+    """A library exception as one line for our messages (its first line, or its type)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

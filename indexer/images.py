@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from indexer.errors import BadInputError
+from indexer.errors import BadInputError, first_line
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 
@@ -72,7 +72,7 @@ def load_rgb(source: str | Path | bytes, *, name: str | None = None, draft: int 
         raise BadInputError(f"{label}: not an image PIL can read (jpg, png, webp expected)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         # Truncated data, broken headers and corrupt chunks surface as these.
-        raise BadInputError(f"{label}: unreadable image ({_one_line(exc)})") from None
+        raise BadInputError(f"{label}: unreadable image ({first_line(exc)})") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -108,8 +108,3 @@ def _draft_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
     width, height = size
     scale = short_side / min(width, height)
     return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

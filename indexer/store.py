@@ -21,11 +21,12 @@ import gc
 import os
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
-from indexer.errors import ModelMismatch, StoreUnavailable
+from indexer.errors import ModelMismatch, StoreUnavailable, first_line
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -93,7 +94,7 @@ class IndexedImage:
     meta: dict
 
 
-def open_client(path: str | Path | None = None, url: str | None = None, api_key: str | None = None) -> "QdrantClient":
+def open_client(path: str | Path | None = None, url: str | None = None, api_key: str | None = None) -> QdrantClient:
     """A client for a server (`url`) or an embedded store (`path`, default `default_store_path()`).
 
     Fails with StoreUnavailable, one line, when the server cannot be reached
@@ -108,9 +109,9 @@ def open_client(path: str | Path | None = None, url: str | None = None, api_key:
         client = QdrantClient(url=url, api_key=api_key, timeout=10, check_compatibility=False)
         try:
             version = client.info().version
-        except Exception as exc:  # connection refused, DNS, TLS, 401: all mean "not usable"
+        except Exception as exc:  # noqa: BLE001 - connection refused, DNS, TLS, 401: all mean "not usable"
             raise StoreUnavailable(
-                f"cannot reach Qdrant at {url}: {_reason(exc)}. Is the server running "
+                f"cannot reach Qdrant at {url}: {first_line(exc)}. Is the server running "
                 "(docker compose -f docker/compose.yaml up -d qdrant) and is QDRANT_API_KEY right?"
             ) from None
         if _version_tuple(version) < MIN_SERVER_VERSION:
@@ -146,15 +147,10 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 class Catalogue:
     """The catalogue collection: schema checks, reads and writes sync and search need."""
 
-    def __init__(self, client: "QdrantClient", name: str = DEFAULT_COLLECTION):
+    def __init__(self, client: QdrantClient, name: str = DEFAULT_COLLECTION):
         self.client = client
         self.name = name
 

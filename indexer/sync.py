@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from indexer.encoders import Encoder, default_model, load_encoder, model_id_for
 from indexer.errors import BadInputError
 from indexer.images import load_rgb
 from indexer.scan import SourceImage
-from indexer.store import Catalogue, IndexedImage, ModelSpec, point_id
+from indexer.store import Catalogue, IndexedImage, point_id
 
 #: JPEGs decode at reduced scale down to this short side: models need 224-260 px, colours 96.
 DECODE_SHORT_SIDE = 512
@@ -221,7 +222,9 @@ def _prepare(
     source: SourceImage, known_sha256: str | None, encoders: list[Encoder], colours: int
 ) -> _Prepared:
     """Worker-thread stage: read, hash, decode, colours, model inputs. Never raises for bad files."""
-    from indexer.colour import extract_palette  # scipy: only paid for when something is encoded
+    from indexer.colour import (
+        extract_palette,  # scipy: only paid for when something is encoded
+    )
 
     t0 = time.perf_counter()
     try:

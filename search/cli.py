@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from indexer.cli_common import emit_json, open_catalogue, reports_errors, store_options, table
+from indexer.cli_common import (
+    emit_json,
+    open_catalogue,
+    reports_errors,
+    store_options,
+    table,
+)
 from indexer.encoders import MODEL_ENV_VAR
 from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD
@@ -256,7 +262,7 @@ def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> N
         m = evaluation.metrics(best.name)
         click.echo(f"Best of the sweep: alpha={best.alpha:g} threshold={best.threshold:g} (MRR {m['mrr']:.3f}, top-1 {m[f'top{ks[0]}']:.1%})")
     m = evaluation.metrics(shown)
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
     click.echo(f"Mean cosine of the top-1 match ({shown}): correct {fmt(m['mean_cosine_top1_correct'])}, incorrect {fmt(m['mean_cosine_top1_incorrect'])}")
     if m["by_category"]:
         click.echo(f"\nPer category ({shown}):")

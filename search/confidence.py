@@ -15,8 +15,8 @@ promise).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class Calibration:
         }
 
     @classmethod
-    def from_metadata(cls, data: dict | None) -> "Calibration":
+    def from_metadata(cls, data: dict | None) -> Calibration:
         if not data:
             return BUILT_IN
         return cls(float(data["weight_top"]), float(data["weight_margin"]), float(data["bias"]), str(data["source"]), int(data["samples"]))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from indexer.errors import ModelLoadError
+from indexer.errors import ModelLoadError, first_line
 from search.locate import CentreViews, Localiser, Region, expand, non_max_suppression
 
 DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"
@@ -43,7 +43,7 @@ class Prompt:
     category: str | None = None
 
     @classmethod
-    def parse(cls, value: str) -> "Prompt":
+    def parse(cls, value: str) -> Prompt:
         text, _, category = value.partition("=")
         return cls(text.strip(), category.strip() or None)
 
@@ -71,9 +71,8 @@ class OwlDetector(Localiser):
             self._processor = Owlv2Processor.from_pretrained(model)
             self._model = Owlv2ForObjectDetection.from_pretrained(model).eval().to(device)
         except (OSError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(
-                f"cannot load detector {model!r}: {reason}. Pass a local OWLv2 folder with --detector, "
+                f"cannot load detector {model!r}: {first_line(exc)}. Pass a local OWLv2 folder with --detector, "
                 "or use --locate centre (no detector)"
             ) from None
         if not prompts:

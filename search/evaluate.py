@@ -16,15 +16,15 @@ from __future__ import annotations
 import csv
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
 from indexer.errors import BadInputError
 from indexer.images import IMAGE_SUFFIXES
-from search.query import Candidate, Match, QueryFeatures, SearchOptions, Searcher, rank
+from search.query import Candidate, Match, QueryFeatures, Searcher, SearchOptions, rank
 
 
 @dataclass(frozen=True)

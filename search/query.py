@@ -12,9 +12,10 @@ its candidates under many (alpha, threshold) settings:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,8 +24,8 @@ from indexer.encoders import Encoder, l2_normalise, load_encoder, model_id_for
 from indexer.errors import BadInputError
 from indexer.images import load_rgb
 from indexer.store import Catalogue, ModelSpec
-from search.locate import Localiser, Region
 from search.confidence import DEFAULT_MIN_CONFIDENCE, Calibration
+from search.locate import Localiser, Region
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD, colour_bonus
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ class Searcher:
 
     # -- features -------------------------------------------------------------
 
-    def features(self, image: "Image.Image") -> list[QueryFeatures]:
+    def features(self, image: Image.Image) -> list[QueryFeatures]:
         """One QueryFeatures per located product, most likely first."""
         from search.foreground import on_white, product_mask
 
@@ -218,7 +219,7 @@ class Searcher:
         """Decode a photo and compute its features, exactly as `search image` does."""
         return self.features(load_rgb(path, draft=QUERY_DECODE_SIDE))
 
-    def _productness(self, crops: list["Image.Image"]) -> np.ndarray:
+    def _productness(self, crops: list[Image.Image]) -> np.ndarray:
         """Mean cosine of each crop's ten nearest catalogue images: high for products, low for walls."""
         from qdrant_client import models as qm
 
@@ -263,7 +264,7 @@ class Searcher:
         found.sort(key=lambda c: -c.cosine)
         return found[:limit]
 
-    def search_image(self, image: "Image.Image", options: SearchOptions) -> list[Group]:
+    def search_image(self, image: Image.Image, options: SearchOptions) -> list[Group]:
         """Ranked products for each located product in an RGB image already in memory."""
         groups = []
         t = time.perf_counter()
@@ -361,4 +362,4 @@ def _distinct_groups(groups: list[Group]) -> list[Group]:
     return kept
 
 
-__all__ = ["Searcher", "SearchOptions", "SearchResult", "Group", "Match", "rank"]
+__all__ = ["Group", "Match", "SearchOptions", "SearchResult", "Searcher", "rank"]

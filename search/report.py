@@ -49,8 +49,8 @@ def write_report(
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
-        f"<p>{len(evaluation.results)} photos, {evaluation.seconds:.1f} s. "
-        f"Rows below use <b>{e(shown_setting)}</b>; green frame = correct product.</p>",
+        (f"<p>{len(evaluation.results)} photos, {evaluation.seconds:.1f} s. "
+        f"Rows below use <b>{e(shown_setting)}</b>; green frame = correct product.</p>"),
         _summary_table(evaluation, evaluation.settings[:2]),
     ]
     if len(evaluation.settings) > 2:

@@ -8,8 +8,8 @@ photos: figures made from them can be reproduced.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

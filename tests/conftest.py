@@ -31,10 +31,10 @@ def _save_tiny_clip(folder: Path, projection_dim: int, seed: int) -> Path:
 
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                         vocab_size=99, max_position_embeddings=32),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                           image_size=32, patch_size=8),
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                         "vocab_size": 99, "max_position_embeddings": 32},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                           "image_size": 32, "patch_size": 8},
         projection_dim=projection_dim,
     )
     CLIPModel(config).save_pretrained(folder)

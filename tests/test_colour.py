@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+from conftest import DATA
 from PIL import Image, ImageDraw
 
-from conftest import DATA
-from indexer.colour import Palette, extract_palette, foreground_mask, lab_distance, srgb_to_lab
+from indexer.colour import (
+    Palette,
+    extract_palette,
+    foreground_mask,
+    lab_distance,
+    srgb_to_lab,
+)
 from indexer.images import load_rgb
 
 
@@ -60,7 +64,8 @@ def test_palette_weights_are_sorted_and_sum_to_one():
 
 def test_distinct_colours_are_far_apart_and_shades_close():
     red, dark_red, blue = srgb_to_lab(np.array([[200, 20, 20], [170, 15, 15], [20, 20, 200]], dtype=np.uint8))
-    assert lab_distance(red, dark_red) < 15 < 60 < lab_distance(red, blue)
+    assert lab_distance(red, dark_red) < 15
+    assert lab_distance(red, blue) > 60
 
 
 def test_dark_studio_backdrops_are_removed_too():

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from conftest import all_points, studio_shot
+
 from indexer.store import point_id
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DATA
+
 from indexer.images import load_rgb
 
 CATALOGUE = sorted((DATA / "catalogue").glob("*.jpeg")) + sorted((DATA / "dam").glob("*.jpeg"))
@@ -96,7 +95,7 @@ def test_product_in_clutter_is_found_among_hundreds(catalogue_store, tmp_path, c
     """A catalogue image cut out, tilted, relit, blurred and pasted in store-like clutter."""
     from indexer.storelike import ViewParams, store_view
 
-    dam, store = catalogue_store
+    _dam, store = catalogue_store
     rng = np.random.default_rng(2024)
     fillers = [load_rgb(path) for path in CATALOGUE[:60]]
     params = ViewParams(scale=(0.55, 0.8), rotation=8.0, clutter_items=(2, 4))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import studio_shot
+
 from search.evaluate import summarise
 
 # The tiny random model recognises only identical pixels, so these tests search whole photos:

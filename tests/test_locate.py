@@ -10,7 +10,14 @@ import pytest
 from PIL import Image, ImageDraw
 
 from search.foreground import on_white, product_mask
-from search.locate import CentreViews, CropProposals, WholePhoto, centre_box, non_max_suppression, proposal_boxes
+from search.locate import (
+    CentreViews,
+    CropProposals,
+    WholePhoto,
+    centre_box,
+    non_max_suppression,
+    proposal_boxes,
+)
 
 
 def store_photo(size=(300, 400), product=(200, 30, 40), box=(90, 130, 210, 270)) -> Image.Image:
@@ -77,7 +84,7 @@ def test_proposals_keep_the_most_product_like_crops_first():
         return np.array([np.asarray(c)[..., 0].mean() - np.asarray(c)[..., 1].mean() for c in crops])
 
     regions = CropProposals(redness, max_regions=3).locate(photo)
-    x0, y0, x1, y1 = regions[0].box
+    x0, y0, _x1, _y1 = regions[0].box
     assert x0 >= 200 and y0 >= 100  # the first region sits on the red product
     assert len(regions) <= 3 and regions[0].score >= regions[-1].score
 
@@ -87,7 +94,12 @@ def tiny_owl(tmp_path_factory) -> str:
     """A random OWLv2 checkpoint and processor, saved like a hub download."""
     import torch
     import transformers
-    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
+    from transformers import (
+        CLIPTokenizer,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2Processor,
+    )
 
     folder = tmp_path_factory.mktemp("tiny-owl")
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -99,10 +111,10 @@ def tiny_owl(tmp_path_factory) -> str:
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     torch.manual_seed(0)
     config = Owlv2Config(
-        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                         vocab_size=len(vocab), max_position_embeddings=16, bos_token_id=52, eos_token_id=53, pad_token_id=53),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                           image_size=64, patch_size=16),
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                         "vocab_size": len(vocab), "max_position_embeddings": 16, "bos_token_id": 52, "eos_token_id": 53, "pad_token_id": 53},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                           "image_size": 64, "patch_size": 16},
         projection_dim=32,
     )
     Owlv2ForObjectDetection(config).save_pretrained(folder)

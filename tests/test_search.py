@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import open_store, studio_shot
+
 from search.rescore import colour_bonus, qdrant_formula, rescore
 
 # The tiny random model recognises only identical pixels: tests that need "a catalogue image finds
@@ -69,7 +69,7 @@ def test_one_qdrant_query_with_formula_equals_python_rescoring(synced, dam, stor
     """The README's single-query form (prefetch + formula) ranks exactly like `search image`."""
     from indexer.images import load_rgb
     from indexer.store import Catalogue
-    from search.query import SearchOptions, Searcher, rank
+    from search.query import Searcher, SearchOptions, rank
 
     client = open_store(store)
     try:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DATA, all_points, studio_shot, unit_norms
+
 from indexer.store import point_id, vector_name
 
 
@@ -65,7 +64,7 @@ def test_changed_file_is_reencoded_in_place(synced, cli, dam, store, encode_call
 def test_touched_but_identical_file_is_confirmed_by_hash_not_reencoded(synced, cli, dam, store, encode_calls):
     target = dam / "generated" / "BLUE-BAG.png"
     os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 5_000_000_000))
-    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    _result, report = sync_json(cli, dam, "--qdrant-path", store)
     assert report["unchanged"] == 16 and report["updated"] == 0 and encode_calls == []
     stored = {p.payload["path"]: p for p in all_points(store)}["generated/BLUE-BAG.png"]
     assert stored.payload["file"]["mtime_ns"] == target.stat().st_mtime_ns  # next time the fast path holds
@@ -73,7 +72,7 @@ def test_touched_but_identical_file_is_confirmed_by_hash_not_reencoded(synced, c
 
 def test_deleted_file_leaves_the_collection(synced, cli, dam, store):
     (dam / "generated" / "BLUE-BAG.png").unlink()
-    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    _result, report = sync_json(cli, dam, "--qdrant-path", store)
     assert report["deleted"] == 1 and report["unchanged"] == 15
     assert "generated/BLUE-BAG.png" not in {p.payload["path"] for p in all_points(store)}
 
@@ -81,7 +80,7 @@ def test_deleted_file_leaves_the_collection(synced, cli, dam, store):
 def test_dry_run_reports_changes_without_making_them(synced, cli, dam, store, encode_calls):
     (dam / "generated" / "BLUE-BAG.png").unlink()
     studio_shot(dam / "generated" / "NEW.png", (90, 90, 0))
-    result, report = sync_json(cli, dam, "--qdrant-path", store, "--dry-run")
+    _result, report = sync_json(cli, dam, "--qdrant-path", store, "--dry-run")
     assert (report["added"], report["deleted"], report["dry_run"]) == (1, 1, True)
     assert encode_calls == []
     paths = {p.payload["path"] for p in all_points(store)}
@@ -136,7 +135,7 @@ def test_manifest_change_rewrites_payload_without_encoding(cli, dam, store, tiny
     sync_json(cli, dam, "--model", tiny_clip, "--qdrant-path", store, "--manifest", manifest)
     encode_calls.clear()
     manifest.write_text("file,category,season\ngenerated/RED-BAG.png,Leather goods,AW25\n")
-    result, report = sync_json(cli, dam, "--qdrant-path", store, "--manifest", manifest)
+    _result, report = sync_json(cli, dam, "--qdrant-path", store, "--manifest", manifest)
     assert (report["updated"], report["metadata_only"], report["unchanged"]) == (1, 1, 15)
     assert encode_calls == []
     payload = {p.payload["path"]: p.payload for p in all_points(store)}["generated/RED-BAG.png"]
@@ -171,7 +170,7 @@ def test_info_describes_the_collection(synced, cli, store, tiny_clip):
 
 def test_moving_a_file_deletes_old_point_and_adds_new(synced, cli, dam, store):
     shutil.move(dam / "generated" / "RED-BAG.png", dam / "RED-BAG.png")
-    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    _result, report = sync_json(cli, dam, "--qdrant-path", store)
     assert (report["added"], report["deleted"]) == (1, 1)
     paths = [p.payload["path"] for p in all_points(store)]
     assert "RED-BAG.png" in paths and "generated/RED-BAG.png" not in paths and len(paths) == 16
@@ -182,7 +181,7 @@ def test_hidden_and_non_image_files_are_skipped(cli, dam, store, tiny_clip):
     (dam / ".thumbs").mkdir()
     studio_shot(dam / ".thumbs" / "x.png", (1, 2, 3))
     (dam / "notes.txt").write_text("not an image")
-    result, report = sync_json(cli, dam, "--model", tiny_clip, "--qdrant-path", store)
+    _result, report = sync_json(cli, dam, "--model", tiny_clip, "--qdrant-path", store)
     assert report["added"] == 16 and report["failed"] == []
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class Encoder(ABC):
         return ModelSpec(self.model_id, self.dim, self.revision)
 
     @abstractmethod
-    def preprocess(self, image: "Image.Image") -> np.ndarray:
+    def preprocess(self, image: Image.Image) -> np.ndarray:
         """The model input for one RGB image, float32 (C, H, W). Thread-safe, CPU only."""
 
     @abstractmethod
@@ -66,7 +67,7 @@ class Encoder(ABC):
         features = self._forward(np.stack(inputs)).astype(np.float32)
         return l2_normalise(features)
 
-    def embed(self, images: Iterable["Image.Image"]) -> np.ndarray:
+    def embed(self, images: Iterable[Image.Image]) -> np.ndarray:
         """Unit vectors for RGB images, in batches of `batch_size`."""
         inputs = [self.preprocess(image) for image in images]
         chunks = [self.embed_batch(inputs[i : i + self.batch_size]) for i in range(0, len(inputs), self.batch_size)]

