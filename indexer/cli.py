@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from indexer.cli_common import (
+    device_option,
     emit_json,
     open_catalogue,
     progress_bar,
@@ -56,7 +57,7 @@ def _parse_renames(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--id-pattern", metavar="REGEX", help=r"Product id from the file stem: first group of REGEX, e.g. '^(.+?)(_\d+)?$' maps CODE_2.jpg to CODE.")
 @click.option("--reindex", is_flag=True, help="Drop the collection and encode everything again (needed to change model).")
 @click.option("--dry-run", is_flag=True, help="Only report what would change.")
-@click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto.")
+@device_option
 @click.option("--batch-size", type=click.IntRange(1), help="Images per model batch [default: 32].")
 @click.option("--workers", type=click.IntRange(1), default=4, show_default=True, help="Threads reading, decoding and preprocessing images.")
 @click.option("--colours", type=click.IntRange(1, 16), default=3, show_default=True, help="Palette size (k of the colour k-means).")

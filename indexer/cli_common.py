@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +42,20 @@ def store_options(command: Callable) -> Callable:
     return command
 
 
+def device_option(command: Callable) -> Callable:
+    """--device, checked for shape here (exit 2); whether it exists is checked when the model loads."""
+
+    def check(_ctx, _param, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise click.BadParameter(f"{value!r}: use auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    return click.option(
+        "--device", default="auto", show_default=True, envvar="CATALOGUE_DEVICE", callback=check,
+        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps [env CATALOGUE_DEVICE].",
+    )(command)
+
+
 def open_catalogue(qdrant_path: str | None, qdrant_url: str | None, collection: str):
     import os
 
@@ -48,7 +63,7 @@ def open_catalogue(qdrant_path: str | None, qdrant_url: str | None, collection: 
 
     if qdrant_path and qdrant_url:
         raise click.UsageError("give --qdrant-path or --qdrant-url, not both")
-    client = open_client(path=None if qdrant_url else qdrant_path, url=qdrant_url, api_key=os.environ.get("QDRANT_API_KEY"))
+    client = open_client(path=None if qdrant_url else qdrant_path, url=qdrant_url, api_key=os.environ.get("QDRANT_API_KEY") or None)
     # Release the embedded store's lock when the command ends, not at interpreter teardown.
     click.get_current_context().call_on_close(client.close)
     return Catalogue(client, collection)

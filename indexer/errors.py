@@ -13,7 +13,6 @@ caught: they should surface as tracebacks and bug reports.
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_PARTIAL = 7
 
 

@@ -49,18 +49,17 @@ def load_rgb(source: str | Path | bytes, *, name: str | None = None, draft: int 
             raise BadInputError(f"{label}: no such file")
         if stream.stat().st_size == 0:
             raise BadInputError(f"{label}: empty file (0 bytes)")
+    limit = max_pixels()
+    # PIL warns above its MAX_IMAGE_PIXELS and refuses above twice that; ours is the limit that counts.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limit)
+    too_big = f"above the {limit:,}-pixel limit (possible decompression bomb); raise CATALOGUE_MAX_PIXELS to accept it"
     try:
         with warnings.catch_warnings():
-            # PIL warns (then errors at 2x) on bombs; we apply our own limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(stream)
         width, height = image.size
-        limit = max_pixels()
         if width * height > limit:
-            raise BadInputError(
-                f"{label}: {width}x{height} pixels is above the {limit:,}-pixel limit "
-                "(possible decompression bomb); raise CATALOGUE_MAX_PIXELS to accept it"
-            )
+            raise BadInputError(f"{label}: {width}x{height} pixels is {too_big}")
         if draft and image.format == "JPEG":
             image.draft("RGB", _draft_size(image.size, draft))
         image.load()
@@ -70,7 +69,9 @@ def load_rgb(source: str | Path | bytes, *, name: str | None = None, draft: int 
         raise
     except UnidentifiedImageError:
         raise BadInputError(f"{label}: not an image PIL can read (jpg, png, webp expected)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        raise BadInputError(f"{label}: its size is {too_big}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         # Truncated data, broken headers and corrupt chunks surface as these.
         raise BadInputError(f"{label}: unreadable image ({first_line(exc)})") from None
 

@@ -84,6 +84,14 @@ def product_id_from_name(relative: str, id_pattern: re.Pattern | None) -> str:
     return stem
 
 
+def _unreadable_folder(error: OSError) -> None:
+    # Skipping it would make its images look deleted and sync would drop their points.
+    raise BadInputError(
+        f"cannot read folder {error.filename}: {error.strerror or error}; fix its permissions or mount "
+        "and run again (nothing was changed)"
+    )
+
+
 def scan(root: Path, *, id_pattern: re.Pattern | None = None, manifest: Manifest | None = None) -> list[SourceImage]:
     """Every image under `root`, sorted by relative path."""
     if not root.exists():
@@ -91,7 +99,7 @@ def scan(root: Path, *, id_pattern: re.Pattern | None = None, manifest: Manifest
     if not root.is_dir():
         raise BadInputError(f"{root}: not a folder (give the DAM folder to sync)")
     found = []
-    for folder, subfolders, files in os.walk(root):
+    for folder, subfolders, files in os.walk(root, onerror=_unreadable_folder):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         for name in files:
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:

@@ -106,10 +106,11 @@ def open_client(path: str | Path | None = None, url: str | None = None, api_key:
 
     if url is not None:
         # The client's own version check runs in a background thread and only warns; we check below.
-        client = QdrantClient(url=url, api_key=api_key, timeout=10, check_compatibility=False)
         try:
+            client = QdrantClient(url=url, api_key=api_key, timeout=10, check_compatibility=False)
             version = client.info().version
-        except Exception as exc:  # noqa: BLE001 - connection refused, DNS, TLS, 401: all mean "not usable"
+            client.get_collections()  # `GET /` answers without a key: this call proves the key
+        except Exception as exc:  # noqa: BLE001 - bad URL, connection refused, DNS, TLS, 401: all mean "not usable"
             raise StoreUnavailable(
                 f"cannot reach Qdrant at {url}: {first_line(exc)}. Is the server running "
                 "(docker compose -f docker/compose.yaml up -d qdrant) and is QDRANT_API_KEY right?"
@@ -121,7 +122,13 @@ def open_client(path: str | Path | None = None, url: str | None = None, api_key:
             )
         return client
     location = Path(path) if path is not None else default_store_path()
-    location.mkdir(parents=True, exist_ok=True)
+    try:
+        location.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"cannot create the embedded store at {location}: {exc.strerror or exc}; "
+            "choose a writable --qdrant-path (or CATALOGUE_QDRANT_PATH)"
+        ) from None
     with warnings.catch_warnings():
         # Local mode warns above 20,000 points; sync reports sizes itself.
         warnings.simplefilter("ignore", UserWarning)

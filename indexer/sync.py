@@ -120,8 +120,8 @@ def sync(
     recorded = catalogue.models() if exists else []
     if model:
         wanted = [model_id_for(m.strip()) for m in model.split(",") if m.strip()]
-    elif recorded and not reindex:
-        wanted = [m.model for m in recorded]
+    elif recorded:
+        wanted = [m.model for m in recorded]  # --reindex alone rebuilds with the same model
     else:
         wanted = [model_id_for(default_model())]
     if exists and not reindex:
@@ -193,7 +193,7 @@ def _count_dry_run(plan: _Plan, report: SyncReport) -> None:
     for source, known in plan.to_encode:
         if source.relative in plan.new:
             report.added += 1
-        elif known is not None and _sha256(source.path.read_bytes()) == known:
+        elif known is not None and _same_content(source, known):
             report.unchanged += 1
         else:
             report.updated += 1
@@ -201,6 +201,13 @@ def _count_dry_run(plan: _Plan, report: SyncReport) -> None:
     report.metadata_only = len(plan.payload_only)
     report.deleted = len(plan.to_delete)
     report.unchanged += plan.unchanged
+
+
+def _same_content(source: SourceImage, sha256: str) -> bool:
+    try:
+        return _sha256(source.path.read_bytes()) == sha256
+    except OSError:
+        return False  # a real run would report it as failed; count it as a change to look at
 
 
 def _metadata_differs(source: SourceImage, stored: IndexedImage) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from indexer.cli_common import (
+    device_option,
     emit_json,
     open_catalogue,
     reports_errors,
@@ -42,7 +43,7 @@ def ranking_options(command):
         click.option("--no-colour", "no_colour", is_flag=True, help="Rank by cosine only."),
         click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Payload filter, e.g. category='W Bags' or meta.season=SS24. Repeatable (all must hold)."),
         click.option("--model", envvar=MODEL_ENV_VAR, help=f"Must match the collection's model; default: the collection's [env {MODEL_ENV_VAR}]."),
-        click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto."),
+        device_option,
         click.option(
             "--locate", type=click.Choice(["centre", "none", "proposals", "owlv2"]), default="centre", show_default=True,
             envvar="CATALOGUE_LOCATE",
@@ -143,6 +144,9 @@ def _print_result(result, options, multiple: bool) -> None:
             x0, y0, x1, y1 = group.region.box
             what = f" {group.region.label}" if group.region.label else ""
             click.echo(f"{'' if n == 0 else chr(10)}product {n + 1}{what} at ({x0},{y0})-({x1},{y1}), region score {group.region.score:.3f}")
+        if not group.matches:
+            click.echo("no product matches (check --filter and the collection)")
+            continue
         if not group.confident:
             click.echo(
                 f"no confident match (confidence {group.confidence:.2f} < {options.min_confidence:.2f}): the first answer is "
@@ -189,7 +193,13 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
     """
     from indexer.cli_common import progress_bar
     from indexer.errors import BadInputError
-    from search.evaluate import Setting, evaluate, grid_settings, read_ground_truth
+    from search.evaluate import (
+        Setting,
+        evaluate,
+        grid_settings,
+        query_photos,
+        read_ground_truth,
+    )
 
     cutoffs = tuple(sorted({int(k) for k in _floats(ks, "--k") if k >= 1}))
     if not cutoffs:
@@ -202,7 +212,7 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
     settings += [s for s in grid if (s.alpha, s.threshold) != (alpha, threshold) or no_colour]
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
     searcher = _searcher(catalogue, model, device, locate, detector, prompts, max_products)
-    photos = sum(1 for p in queries.iterdir()) if queries.is_dir() else 0
+    photos = sum(1 for name in query_photos(queries) if name in truth)
     with progress_bar(photos, "evaluating", enabled=not quiet) as bar:
         evaluation = evaluate(
             searcher, queries, truth, settings, candidates=max(candidates, top_k), top_k=top_k, ks=cutoffs,
@@ -210,7 +220,7 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
         )
     shown = settings[1].name if len(settings) > 1 and not no_colour else settings[0].name
     best = evaluation.best([s for s in settings if s.colour] or settings)
-    confidence = evaluation.confidence_quality(shown, searcher.calibration)
+    confidence = evaluation.confidence_quality(shown, searcher.calibration, min_confidence)
     fitted = None
     if calibrate:
         from search.confidence import fit
@@ -241,6 +251,10 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
         click.echo(
             f"Confidence ({confidence['calibration']}): AUC {confidence['auc']:.3f} separating right top-1 answers "
             f"from wrong and not-in-catalogue ones; mean {confidence['mean_confidence_right']:.2f} vs {confidence['mean_confidence_wrong']:.2f}"
+        )
+        click.echo(
+            f"At --min-confidence {min_confidence:g}: {confidence['flagged_wrong']:.0%} of wrong and not-in-catalogue "
+            f"answers flagged, {confidence['flagged_right']:.0%} of right ones"
         )
     if fitted:
         click.echo(f"Calibrated on {fitted['samples']} answers ({fitted['right']} right): AUC {fitted['auc']:.3f}; stored in collection '{collection}'")
@@ -279,9 +293,10 @@ def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> N
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--count", type=click.IntRange(1), default=300, show_default=True, help="Photos to make.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same photos.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def synthesize(dam, out, count, seed, quiet) -> None:
+def synthesize(dam, out, count, seed, as_json, quiet) -> None:
     """Make store-like test photos from the catalogue images in DAM, with their ground truth.
 
     Each photo is one catalogue product cut out of its backdrop, shrunk,
@@ -298,7 +313,10 @@ def synthesize(dam, out, count, seed, quiet) -> None:
 
     with progress_bar(count, "synthesizing", enabled=not quiet) as bar:
         written = write_synthetic_queries(dam, out, count=count, seed=seed, progress=bar.update)
-    click.echo(f"Wrote {written} photos and {out / 'ground_truth.csv'}")
+    if as_json:
+        emit_json({"photos": written, "folder": str(out), "ground_truth": str(out / "ground_truth.csv"), "seed": seed})
+    else:
+        click.echo(f"Wrote {written} photos and {out / 'ground_truth.csv'}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 
 from indexer.errors import BadInputError
 from indexer.images import IMAGE_SUFFIXES
+from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.query import Candidate, Match, QueryFeatures, Searcher, SearchOptions, rank
 
 
@@ -87,8 +88,9 @@ class Evaluation:
         samples += [(r.hidden_scores[setting], False) for r in self.results if r.hidden_scores.get(setting)]
         return samples
 
-    def confidence_quality(self, setting: str, calibration) -> dict | None:
-        """How well a calibration separates right answers from wrong and not-in-catalogue ones here."""
+    def confidence_quality(self, setting: str, calibration, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict | None:
+        """How well a calibration separates right answers from wrong and not-in-catalogue ones here,
+        and what "no confident match" below `min_confidence` would flag."""
         from sklearn.metrics import roc_auc_score
 
         samples = self.calibration_samples(setting)
@@ -96,11 +98,16 @@ class Evaluation:
         if all(labels) or not any(labels):
             return None
         predicted = [calibration.confidence(scores) for scores, _ in samples]
+        right = [p for p, y in zip(predicted, labels) if y]
+        wrong = [p for p, y in zip(predicted, labels) if not y]
         return {
             "calibration": calibration.source,
             "auc": round(float(roc_auc_score(labels, predicted)), 4),
-            "mean_confidence_right": round(float(np.mean([p for p, y in zip(predicted, labels) if y])), 4),
-            "mean_confidence_wrong": round(float(np.mean([p for p, y in zip(predicted, labels) if not y])), 4),
+            "mean_confidence_right": round(float(np.mean(right)), 4),
+            "mean_confidence_wrong": round(float(np.mean(wrong)), 4),
+            "min_confidence": min_confidence,
+            "flagged_right": round(float(np.mean([p < min_confidence for p in right])), 4),
+            "flagged_wrong": round(float(np.mean([p < min_confidence for p in wrong])), 4),
         }
 
     def best(self, candidates: Iterable[Setting]) -> Setting:
@@ -201,6 +208,13 @@ def grid_settings(alphas: Iterable[float], thresholds: Iterable[float]) -> list[
     return [Setting(f"alpha={a:g},threshold={t:g}", True, a, t) for a in alphas for t in thresholds]
 
 
+def query_photos(folder: Path) -> dict[str, Path]:
+    """The photos of a query folder by file name (images only, hidden files skipped)."""
+    if not folder.is_dir():
+        return {}
+    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
+
+
 def evaluate(
     searcher: Searcher,
     queries_dir: Path,
@@ -216,7 +230,7 @@ def evaluate(
     started = time.perf_counter()
     if not queries_dir.is_dir():
         raise BadInputError(f"{queries_dir}: no such folder")
-    photos = {p.name: p for p in sorted(queries_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
+    photos = query_photos(queries_dir)
     references = ReferenceIndex(searcher)
     skipped = [(name, "no ground truth") for name in photos if name not in truth]
     skipped += [(name, "listed in the ground truth, not in the folder") for name in truth if name not in photos]

@@ -28,7 +28,6 @@ from PIL import Image
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in photo pixels
 
-LOCALISERS = ("centre", "none", "proposals", "owlv2")
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def non_max_suppression(boxes: Sequence[Box], scores: np.ndarray, overlap: float
     import cv2
 
     rects = [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in boxes]
-    shifted = [float(s - np.min(scores)) for s in scores]  # OpenCV wants scores >= its threshold of 0
+    shifted = [float(s - np.min(scores)) + 1.0 for s in scores]  # OpenCV keeps scores > its threshold, 0
     keep = cv2.dnn.NMSBoxes(rects, shifted, score_threshold=0.0, nms_threshold=overlap)
     keep = [int(i) for i in np.asarray(keep).reshape(-1)]
     return sorted(keep, key=lambda i: -scores[i])

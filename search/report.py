@@ -89,8 +89,11 @@ def write_report(
                 )
         parts.append("</div></section>")
     parts.append("</body></html>")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("\n".join(parts), encoding="utf-8")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("\n".join(parts), encoding="utf-8")
+    except OSError as exc:
+        raise BadInputError(f"cannot write the report to {output}: {exc.strerror or exc}") from None
 
 
 def _img(uri: str | None, alt: str) -> str:

@@ -41,6 +41,13 @@ def write_synthetic_queries(
             fillers.append((source.relative, load_rgb(source.path)))
         except BadInputError:
             continue
+    try:
+        return _write(targets, fillers, out, rng, progress)
+    except OSError as exc:
+        raise BadInputError(f"cannot write to {out}: {exc.strerror or exc}") from None
+
+
+def _write(targets, fillers, out: Path, rng, progress) -> int:
     out.mkdir(parents=True, exist_ok=True)
     written = 0
     with open(out / "ground_truth.csv", "w", newline="") as handle:

@@ -106,6 +106,10 @@ def test_eval_with_bad_inputs_is_exit_3(cli, labelled, store, tmp_path):
     nothing.write_text("query,reference\nghost.jpg,M3550HLEZJM900.jpeg\n")
     result = cli("search", "eval", "--queries", queries, "--ground-truth", nothing, "--qdrant-path", store)
     assert result.exit_code == 3 and "no photo with usable ground truth" in result.stderr
+    (tmp_path / "a-file").write_text("")
+    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store,
+                 "--report", tmp_path / "a-file" / "report.html")
+    assert result.exit_code == 3 and "cannot write the report" in result.stderr and "Traceback" not in result.output
 
 
 def test_report_is_self_contained_html(cli, labelled, store, tmp_path):

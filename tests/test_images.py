@@ -87,6 +87,17 @@ def test_decompression_bomb_is_refused_before_decoding(monkeypatch):
         load_rgb(encoded(Image.new("RGB", (200, 100)), "PNG"))
 
 
+def test_bomb_beyond_pils_own_guard_gets_our_message():
+    import struct
+    import zlib
+
+    png = bytearray(encoded(Image.new("RGB", (1, 1)), "PNG"))
+    png[16:24] = struct.pack(">II", 15000, 15000)  # 225 MP: above PIL's refusal point (2 x 89 MP)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    with pytest.raises(BadInputError, match="CATALOGUE_MAX_PIXELS"):
+        load_rgb(bytes(png))
+
+
 def test_jpeg_draft_decodes_smaller_but_not_below_the_asked_side():
     big = encoded(Image.new("RGB", (2000, 1500), (30, 60, 90)), "JPEG")
     out = load_rgb(big, draft=300)

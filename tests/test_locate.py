@@ -76,6 +76,12 @@ def test_proposals_tile_the_photo_and_suppression_keeps_distinct_boxes():
     assert keep == [1, 2]
 
 
+@pytest.mark.parametrize("scores", [[0.4], [0.6, 0.6]])
+def test_suppression_keeps_a_lone_box_and_boxes_of_equal_score(scores):
+    boxes = [(0, 0, 100, 100), (300, 300, 400, 400)][: len(scores)]
+    assert sorted(non_max_suppression(boxes, np.array(scores), 0.3)) == list(range(len(scores)))
+
+
 def test_proposals_keep_the_most_product_like_crops_first():
     photo = Image.new("RGB", (400, 300), (128, 128, 128))
     ImageDraw.Draw(photo).rectangle((260, 160, 380, 280), fill=(220, 0, 0))  # a product off-centre

@@ -112,6 +112,17 @@ def test_search_without_a_collection_says_how_to_make_one(cli, dam, store):
     assert result.exit_code == 3 and "indexer sync" in result.stderr
 
 
+def test_filter_that_matches_nothing_says_so(synced, cli, dam, store):
+    result = cli("search", "image", dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--filter", "category=nothing-like-it")
+    assert result.exit_code == 0 and "no product matches" in result.stdout
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", ""])
+def test_unknown_device_is_a_usage_error(synced, cli, dam, store, device):
+    result = cli("search", "image", dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--device", device)
+    assert result.exit_code == 2 and "use auto, cpu, cuda" in result.output
+
+
 def test_bad_filter_syntax_is_a_usage_error(synced, cli, dam, store):
     result = cli("search", "image", dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--filter", "category")
     assert result.exit_code == 2 and "KEY=VALUE" in result.output

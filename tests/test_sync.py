@@ -256,6 +256,40 @@ def test_store_held_by_another_process_is_exit_4(cli, dam, store, tiny_clip):
         holder.communicate("\n", timeout=30)
 
 
+def test_server_url_without_scheme_is_exit_4(cli, dam, tiny_clip):
+    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-url", "qdrant:6333")
+    assert result.exit_code == 4 and result.stderr.startswith("Error: cannot reach Qdrant at qdrant:6333")
+    assert result.stderr.count("\n") == 1
+
+
+def test_store_path_that_cannot_be_created_is_exit_4(cli, dam, tmp_path, tiny_clip):
+    (tmp_path / "a-file").write_text("")
+    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", tmp_path / "a-file" / "store")
+    assert result.exit_code == 4 and "writable --qdrant-path" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_unreadable_subfolder_stops_the_sync_instead_of_deleting_its_images(synced, cli, dam, store, monkeypatch):
+    import os
+
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("generated"):  # tests run as root here: chmod cannot deny a read
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = cli("indexer", "sync", dam, "--qdrant-path", store)
+    assert result.exit_code == 3 and "cannot read folder" in result.stderr and "nothing was changed" in result.stderr
+    monkeypatch.undo()
+    assert len(all_points(store)) == 16
+
+
+def test_reindex_alone_keeps_the_collection_model(synced, cli, dam, store, tiny_clip):
+    result, report = sync_json(cli, dam, "--qdrant-path", store, "--reindex")
+    assert result.exit_code == 0 and report["models"] == [tiny_clip] and report["added"] == 16
+
+
 def test_unloadable_model_is_exit_6(cli, dam, store, tmp_path):
     result = cli("indexer", "sync", dam, "--model", str(tmp_path / "no-such-model"), "--qdrant-path", store)
     assert result.exit_code == 6

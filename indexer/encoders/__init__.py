@@ -97,6 +97,11 @@ def resolve_device(device: str = "auto") -> str:
     if device != "auto":
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ModelLoadError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+            raise ModelLoadError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        mps = getattr(torch.backends, "mps", None)
+        if device == "mps" and not (mps is not None and mps.is_available()):
+            raise ModelLoadError("--device mps: Apple's MPS is not available on this machine (use --device cpu)")
         return device
     if torch.cuda.is_available():
         return "cuda"
