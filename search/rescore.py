@@ -38,11 +38,6 @@ def colour_bonus(distance: np.ndarray | float, alpha: float, threshold: float) -
     return np.where(d < threshold, alpha * (1.0 - d / threshold), 0.0)
 
 
-def rescore(cosines: np.ndarray, distances: np.ndarray, alpha: float, threshold: float) -> np.ndarray:
-    """Final scores of candidates given their cosines and colour distances to the query."""
-    return np.asarray(cosines, dtype=np.float64) + colour_bonus(distances, alpha, threshold)
-
-
 def qdrant_formula(query_lab: np.ndarray, alpha: float, threshold: float):
     """The same rule as a Qdrant formula over prefetched candidates (Qdrant >= 1.14).
 

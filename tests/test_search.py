@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import open_store, studio_shot
 
-from search.rescore import colour_bonus, qdrant_formula, rescore
+from search.rescore import colour_bonus, qdrant_formula
 
 # The tiny random model recognises only identical pixels: tests that need "a catalogue image finds
 # itself" search the whole photo. Localisation is tested in test_locate.py and test_efficientnet.py.
@@ -19,7 +19,7 @@ def test_rescoring_formula_on_hand_computed_numbers():
     cosines = np.array([0.80, 0.80, 0.80, 0.70])
     distances = np.array([10.0, 40.0, 50.0, 0.0])
     # alpha 0.1, threshold 40: 0.8 + 0.1 * (1 - 10/40) = 0.875; at or beyond 40 no bonus; d = 0 gives all of alpha.
-    assert np.allclose(rescore(cosines, distances, alpha=0.1, threshold=40.0), [0.875, 0.80, 0.80, 0.80])
+    assert np.allclose(cosines + colour_bonus(distances, alpha=0.1, threshold=40.0), [0.875, 0.80, 0.80, 0.80])
     assert np.allclose(colour_bonus(np.array([0.0, 20.0, 39.99, 45.0]), 0.05, 40.0), [0.05, 0.025, 0.0000125, 0.0])
 
 
