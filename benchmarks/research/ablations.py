@@ -5,6 +5,7 @@
     python ablations.py catalogue-views  ../../../shared/data/store-photos-dev /tmp/synth-12345
     python ablations.py proposals        ../../../shared/data/store-photos-dev /tmp/synth-12345
     python ablations.py ensemble         ../../../shared/data/store-photos-dev /tmp/synth-12345
+    python ablations.py pooling          ../../../shared/data/store-photos-dev /tmp/synth-12345
     python ablations.py dense-rerank     ../../../shared/data/store-photos-dev /tmp/synth-12345
     python ablations.py sift             ../../../shared/data/store-photos-dev /tmp/synth-12345
 
@@ -27,6 +28,7 @@ from harness import (
     dam_fmaps,
     fmaps,
     fmt,
+    l2n,
     load_queries,
     metrics,
     pool,
@@ -107,22 +109,45 @@ def proposals(photos, truth):
         report(name, np.stack(S), truth)
 
 
-def ensemble(photos, truth):
-    """Lite0, Lite2 and both, for single views and the mean of views (GrabCut on white included)."""
+def _centre_views(photos):
+    """The `centre` localiser's views: whole photo, centre crops 0.7 and 0.5, GrabCut cut-out on white."""
     from search.foreground import on_white, product_mask
 
-    D0, D2 = pool(dam_fmaps(224)), pool(dam_fmaps(260, "efficientnet-lite2"))
     cutouts = []
     for photo in photos:
         region = crop(photo, 0.9)
         cutouts.append(on_white(region, product_mask(region)))
-    views = {"whole": photos, "c0.7": [crop(p, 0.7) for p in photos], "c0.5": [crop(p, 0.5) for p in photos], "cut-out": cutouts}
+    return {"whole": photos, "c0.7": [crop(p, 0.7) for p in photos], "c0.5": [crop(p, 0.5) for p in photos], "cut-out": cutouts}
+
+
+def ensemble(photos, truth):
+    """Lite0, Lite2 and both, for single views and the mean of views (GrabCut on white included)."""
+    D0, D2 = pool(dam_fmaps(224)), pool(dam_fmaps(260, "efficientnet-lite2"))
+    views = _centre_views(photos)
     V0 = {k: pool(fmaps(v, 224)) for k, v in views.items()}
     V2 = {k: pool(fmaps(v, 260, "efficientnet-lite2")) for k, v in views.items()}
     for label, keys in (("whole", ["whole"]), ("c0.5", ["c0.5"]), ("cut-out", ["cut-out"]), ("mean of the 4 views", list(views))):
         report(f"lite0 {label}", sum(V0[k] @ D0.T for k in keys), truth)
         report(f"lite2 {label}", sum(V2[k] @ D2.T for k in keys), truth)
         report(f"lite0+lite2 {label}", sum(V0[k] @ D0.T + V2[k] @ D2.T for k in keys), truth)
+
+
+def pooling(photos, truth):
+    """Generalised-mean (GeM) pooling of the last feature map instead of the average (p = 1)."""
+
+    def gem(F, p):
+        F = np.maximum(np.asarray(F, dtype=np.float32), 1e-6)
+        return l2n((F**p).mean(axis=(2, 3)) ** (1 / p))
+
+    D0, D2 = dam_fmaps(224), dam_fmaps(260, "efficientnet-lite2")
+    views = _centre_views(photos)
+    F0 = [fmaps(v, 224) for v in views.values()]
+    F2 = [fmaps(v, 260, "efficientnet-lite2") for v in views.values()]
+    for p in (1, 2, 3, 4):
+        q0, q2 = l2n(sum(gem(F, p) for F in F0)), l2n(sum(gem(F, p) for F in F2))
+        S0, S2 = q0 @ gem(D0, p).T, q2 @ gem(D2, p).T
+        report(f"GeM p={p}, lite0, mean of the 4 views", S0, truth)
+        report(f"GeM p={p}, lite0+lite2, mean of the 4 views", (S0 + S2) / 2, truth)
 
 
 def dense_rerank(photos, truth):
@@ -216,6 +241,7 @@ EXPERIMENTS = {
     "catalogue-views": catalogue_views,
     "proposals": proposals,
     "ensemble": ensemble,
+    "pooling": pooling,
     "dense-rerank": dense_rerank,
     "sift": sift,
 }
