@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -75,14 +76,27 @@ def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manife
     Exit codes: 0 done, 7 done but some files failed (listed on stderr),
     3 bad input, 4 store unavailable, 5 model mismatch, 6 model not loadable.
     """
+    from indexer import receipt
+    from indexer.encoders import model_id_for
     from indexer.scan import compile_id_pattern, read_manifest, scan
+    from indexer.store import default_store_path
+    from indexer.sync import SyncReport
     from indexer.sync import sync as run_sync
 
+    started = time.perf_counter()
     sources = scan(
         dam,
         id_pattern=compile_id_pattern(id_pattern),
         manifest=read_manifest(manifest, _parse_renames(manifest_columns)) if manifest else None,
     )
+    store = None if qdrant_url else (Path(qdrant_path).expanduser() if qdrant_path else default_store_path())
+    asked = [model_id_for(m.strip()) for m in model.split(",") if m.strip()] if model else None
+    known = receipt.unchanged_models(store, collection, dam, sources, asked) if store and not reindex else None
+    if known is not None:
+        report = SyncReport(unchanged=len(sources), dry_run=dry_run, collection=collection, models=known)
+        report.seconds = time.perf_counter() - started
+        _print_report(dam, report, as_json)
+        return
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
     bar = None
 
@@ -99,14 +113,21 @@ def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manife
     finally:
         if bar is not None:
             bar.close()
+    if store and not dry_run and not report.failed:
+        catalogue.client.close()  # the receipt records the store's files as this sync leaves them
+        receipt.write(store, collection, dam, sources, report.models)
+    _print_report(dam, report, as_json)
+    if report.failed:
+        raise SystemExit(EXIT_PARTIAL)
+
+
+def _print_report(dam: Path, report, as_json: bool) -> None:
     for path, error in report.failed:
         click.echo(f"failed: {path}: {error}", err=True)
     if as_json:
         emit_json(report.to_dict())
     else:
         _print_summary(dam, report)
-    if report.failed:
-        raise SystemExit(EXIT_PARTIAL)
 
 
 def _print_summary(dam: Path, report) -> None:

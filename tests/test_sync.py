@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import DATA, all_points, studio_shot, unit_norms
+from conftest import DATA, all_points, open_store, studio_shot, unit_norms
 
 from indexer.store import point_id, vector_name
 
@@ -43,6 +43,30 @@ def test_resync_with_nothing_changed_encodes_nothing(synced, cli, dam, store, ti
     assert report["unchanged"] == 16
     assert (report["added"], report["updated"], report["deleted"], report["encoded"]) == (0, 0, 0, 0)
     assert encode_calls == []
+
+
+def test_resync_with_nothing_changed_does_not_even_open_the_store(synced, cli, dam, store, monkeypatch):
+    import indexer.store
+
+    opened = []
+    real_open = indexer.store.open_client
+    monkeypatch.setattr(indexer.store, "open_client", lambda **kw: opened.append(kw) or real_open(**kw))
+    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    assert (result.exit_code, report["unchanged"], opened) == (0, 16, [])
+    # Asking for the collection's own model is still "nothing changed"; another model must be checked.
+    assert sync_json(cli, dam, "--qdrant-path", store, "--model", report["models"][0])[1]["unchanged"] == 16
+    assert opened == []
+    shutil.rmtree(os.path.join(store, ".catalogue-indexer"))  # no receipt: the full comparison, same answer
+    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    assert (result.exit_code, report["unchanged"], report["encoded"], len(opened)) == (0, 16, 0, 1)
+
+
+def test_store_changed_behind_the_receipt_is_noticed(synced, cli, dam, store):
+    client = open_store(store)
+    client.delete("catalogue", points_selector=[point_id("generated/RED-BAG.png")])
+    client.close()
+    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    assert (result.exit_code, report["added"], report["unchanged"]) == (0, 1, 15)
 
 
 def test_changed_file_is_reencoded_in_place(synced, cli, dam, store, encode_calls):
@@ -224,6 +248,8 @@ def test_bad_files_are_reported_and_the_rest_indexed(cli, dam, store, tiny_clip,
         assert f"failed: {name}:" in result.stderr
     assert "Traceback" not in result.output
     assert len(all_points(store)) == 16
+    result, report = sync_json(cli, dam, "--qdrant-path", store)  # bad files are tried again, not taken as synced
+    assert result.exit_code == 7 and len(report["failed"]) == 4 and report["unchanged"] == 16
 
 
 def test_file_that_turns_unreadable_loses_its_stale_point(synced, cli, dam, store):
