@@ -114,8 +114,7 @@ def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manife
         if bar is not None:
             bar.close()
     if store and not dry_run and not report.failed:
-        catalogue.client.close()  # the receipt records the store's files as this sync leaves them
-        receipt.write(store, collection, dam, sources, report.models)
+        receipt.write(store, collection, dam, sources, report.models)  # before closing: no one else can write yet
     _print_report(dam, report, as_json)
     if report.failed:
         raise SystemExit(EXIT_PARTIAL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +60,13 @@ def test_resync_with_nothing_changed_does_not_even_open_the_store(synced, cli, d
     shutil.rmtree(os.path.join(store, ".catalogue-indexer"))  # no receipt: the full comparison, same answer
     result, report = sync_json(cli, dam, "--qdrant-path", store)
     assert (result.exit_code, report["unchanged"], report["encoded"], len(opened)) == (0, 16, 0, 1)
+
+
+@pytest.mark.parametrize("receipt", ["[]", "{\"models\": 3}", "not json", "{}"])
+def test_a_broken_receipt_means_the_full_comparison(synced, cli, dam, store, receipt):
+    (next(Path(store, ".catalogue-indexer").glob("sync-*.json"))).write_text(receipt)
+    result, report = sync_json(cli, dam, "--qdrant-path", store)
+    assert (result.exit_code, report["unchanged"]) == (0, 16)
 
 
 def test_store_changed_behind_the_receipt_is_noticed(synced, cli, dam, store):
@@ -265,10 +273,13 @@ def test_unreachable_server_is_exit_4(cli, dam, tiny_clip):
     assert "cannot reach Qdrant at http://127.0.0.1:9" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_store_held_by_another_process_is_exit_4(cli, dam, store, tiny_clip):
+@pytest.mark.parametrize("with_receipt", [False, True])
+def test_store_held_by_another_process_is_exit_4(cli, dam, store, tiny_clip, with_receipt):
     import subprocess
     import sys
 
+    if with_receipt:  # nothing changed, but the store is busy: say so rather than "all unchanged"
+        assert cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store).exit_code == 0
     holder = subprocess.Popen(
         [sys.executable, "-c", f"from qdrant_client import QdrantClient; c = QdrantClient(path={store!r}); print('ready', flush=True); input()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
