@@ -5,7 +5,7 @@ memory: about 2 s for the sample catalogue, which is all a re-sync of an
 unchanged folder would cost. After a sync that left the collection mirroring
 the folder, a receipt records a digest of the folder listing (path, size,
 mtime, product id, category, metadata), the DAM root, the models, this tool's
-version, and the size and mtime of the store's own files. When the next sync
+version, and a fingerprint of the store's own files. When the next sync
 finds the same listing and the store's files untouched, neither side can have
 changed, and every image is reported unchanged without opening the store.
 Anything else (another model asked for, --reindex, a server, a sync that
