@@ -229,9 +229,8 @@ def _prepare(
     source: SourceImage, known_sha256: str | None, encoders: list[Encoder], colours: int
 ) -> _Prepared:
     """Worker-thread stage: read, hash, decode, colours, model inputs. Never raises for bad files."""
-    from indexer.colour import (
-        extract_palette,  # scipy: only paid for when something is encoded
-    )
+    # scipy: only paid for when something is encoded
+    from indexer.colour import extract_palette
 
     t0 = time.perf_counter()
     try:

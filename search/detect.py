@@ -5,7 +5,7 @@ category its products belong to ("a handbag=W Bags"), and the region is then
 searched within that category only. Weights come from the Hugging Face hub
 (default google/owlv2-base-patch16-ensemble) or a local folder, loaded with
 `from_pretrained` like the CLIP encoders. OWLv2 base reads a 960x960 image:
-about a second per photo on a GPU-less laptop core, a few ms on a GPU.
+10 s per photo on a 2-core CPU (README "Measured"); it is meant for a GPU.
 """
 
 from __future__ import annotations

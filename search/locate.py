@@ -29,7 +29,6 @@ from PIL import Image
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in photo pixels
 
 
-
 @dataclass(frozen=True)
 class Region:
     box: Box  # where the product is; its foreground and colours are taken inside it
