@@ -25,12 +25,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from indexer.images import IMAGE_SUFFIXES
-    from indexer.store import Catalogue, open_client
+    from indexer.store import open_store
     from search.query import Searcher, SearchOptions
 
     photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    client = open_client(path=args.qdrant_path)
-    catalogue = Catalogue(client, args.collection)
+    store = open_store(path=args.qdrant_path)
+    catalogue = store.collection(args.collection)
     options = SearchOptions()
     totals: dict[str, float] = {}
     try:
@@ -50,7 +50,7 @@ def main() -> None:
         for name, total in totals.items():
             print(f"{name:10s} total {total:6.0f} ms   x{total / totals['none']:.2f} the whole-photo baseline")
     finally:
-        client.close()
+        store.close()
 
 
 if __name__ == "__main__":

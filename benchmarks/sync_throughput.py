@@ -7,8 +7,7 @@ Prints images/s of:
              first script would do), colours included so both do the same work;
   sync       the real first sync into a fresh embedded store (worker threads, batches, upserts);
   re-sync    the same sync again with nothing changed: seconds in the library and for the
-             whole `indexer sync` process (interpreter start and imports included), first
-             opening the store, then trusting the receipt the previous run left.
+             whole `indexer sync` process (interpreter start and imports included).
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ def main() -> None:
     from indexer.encoders import load_encoder
     from indexer.images import load_rgb
     from indexer.scan import scan
-    from indexer.store import Catalogue, open_client
+    from indexer.store import open_store
     from indexer.sync import sync
 
     work = Path(tempfile.mkdtemp(prefix="sync-bench-"))
@@ -58,18 +57,18 @@ def main() -> None:
         baseline = args.baseline_limit / (time.perf_counter() - t)
 
         store = work / "qdrant"
-        client = open_client(path=store)
+        handle = open_store(path=store, create=True)
         loader = {e.model_id: e for e in encoders}
-        report = sync(dam, sources, Catalogue(client), model=args.model, encoder_loader=lambda m, **_: loader[m], device=args.device)
+        report = sync(dam, sources, handle.collection("catalogue"), model=args.model, encoder_loader=lambda m, **_: loader[m], device=args.device)
         first = report.to_dict()
         t = time.perf_counter()
-        again = sync(dam, scan(dam), Catalogue(client))
+        again = sync(dam, scan(dam), handle.collection("catalogue"))
         resync_library = time.perf_counter() - t
-        client.close()
+        handle.close()
         assert again.unchanged == len(sources) and again.encoded == 0
 
         process_times = []
-        for _ in range(4):  # the first run opens the store and leaves a receipt; the others need only the receipt
+        for _ in range(3):
             t = time.perf_counter()
             subprocess.run(
                 [sys.executable, "-m", "indexer.cli", "sync", str(dam), "--qdrant-path", str(store), "-q"],
@@ -83,8 +82,7 @@ def main() -> None:
         print("  stage seconds (worker stages summed over threads): "
               + ", ".join(f"{k} {v:.1f}" for k, v in first["stages"].items()))
         print(f"re-sync, nothing changed    {resync_library * 1000:7.0f} ms in the library; whole process: "
-              f"{process_times[0]:.2f} s opening the store, {statistics.median(process_times[1:]):.2f} s "
-              "with the last sync's receipt (median of 3)")
+              f"{statistics.median(process_times):.2f} s (median of 3)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -18,6 +18,7 @@ from indexer.cli_common import (
 )
 from indexer.encoders import MODEL_ENV_VAR
 from indexer.errors import EXIT_PARTIAL
+from indexer.store.schema import DEFAULT_HNSW_THRESHOLD, QUANTIZATIONS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,10 +63,20 @@ def _parse_renames(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--batch-size", type=click.IntRange(1), help="Images per model batch [default: 32].")
 @click.option("--workers", type=click.IntRange(1), default=4, show_default=True, help="Threads reading, decoding and preprocessing images.")
 @click.option("--colours", type=click.IntRange(1, 16), default=3, show_default=True, help="Palette size (k of the colour k-means).")
+@click.option(
+    "--quantization", type=click.Choice(QUANTIZATIONS), default=None,
+    help="New collection: keep an int8 copy of the vectors in RAM for the first pass, rescored with the originals "
+    "(4x less memory; for hundreds of thousands of images and more) [default: none].",
+)
+@click.option("--on-disk/--in-memory", "on_disk", default=None, help="New collection: leave the original vectors on disk, memory-mapped [default: in memory].")
+@click.option(
+    "--hnsw-threshold", type=click.IntRange(1), default=None, envvar="CATALOGUE_HNSW_THRESHOLD",
+    help=f"New collection: search exactly below this many points per segment, build an HNSW index above [default: {DEFAULT_HNSW_THRESHOLD:,}; env CATALOGUE_HNSW_THRESHOLD].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manifest_columns, id_pattern, reindex, dry_run, device, batch_size, workers, colours, as_json, quiet) -> None:
+def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manifest_columns, id_pattern, reindex, dry_run, device, batch_size, workers, colours, quantization, on_disk, hnsw_threshold, as_json, quiet) -> None:
     """Make the collection mirror the DAM folder DAM.
 
     Walks DAM recursively (.jpg .jpeg .png .webp), encodes new and changed
@@ -76,45 +87,37 @@ def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manife
     Exit codes: 0 done, 7 done but some files failed (listed on stderr),
     3 bad input, 4 store unavailable, 5 model mismatch, 6 model not loadable.
     """
-    from indexer import receipt
-    from indexer.encoders import model_id_for
     from indexer.scan import compile_id_pattern, read_manifest, scan
-    from indexer.store import default_store_path
-    from indexer.sync import SyncReport
     from indexer.sync import sync as run_sync
 
-    started = time.perf_counter()
     sources = scan(
         dam,
         id_pattern=compile_id_pattern(id_pattern),
         manifest=read_manifest(manifest, _parse_renames(manifest_columns)) if manifest else None,
     )
-    store = None if qdrant_url else (Path(qdrant_path).expanduser() if qdrant_path else default_store_path())
-    asked = [model_id_for(m.strip()) for m in model.split(",") if m.strip()] if model else None
-    known = receipt.unchanged_models(store, collection, dam, sources, asked) if store and not reindex else None
-    if known is not None:
-        report = SyncReport(unchanged=len(sources), dry_run=dry_run, collection=collection, models=known)
-        report.seconds = time.perf_counter() - started
-        _print_report(dam, report, as_json)
-        return
-    catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
+    storage = {k: v for k, v in {"quantization": quantization, "on_disk": on_disk, "hnsw_threshold": hnsw_threshold}.items() if v is not None}
+    catalogue = open_catalogue(qdrant_path, qdrant_url, collection, create=True)
     bar = None
 
     def on_plan(total: int) -> None:
         nonlocal bar
         bar = progress_bar(total, "encoding", enabled=not quiet and total > 0)
 
+    def on_index(points: int) -> None:
+        if bar is not None:
+            bar.close()
+        if not quiet:
+            click.echo("Building the search index...", err=True)
+
     try:
         report = run_sync(
             dam, sources, catalogue, model=model, reindex=reindex, dry_run=dry_run, device=device,
-            batch_size=batch_size, workers=workers, colours=colours,
-            on_plan=on_plan, progress=lambda n: bar.update(n) if bar else None,
+            batch_size=batch_size, workers=workers, colours=colours, storage=storage,
+            on_plan=on_plan, progress=lambda n: bar.update(n) if bar else None, on_index=on_index,
         )
     finally:
         if bar is not None:
             bar.close()
-    if store and not dry_run and not report.failed:
-        receipt.write(store, collection, dam, sources, report.models)  # before closing: no one else can write yet
     _print_report(dam, report, as_json)
     if report.failed:
         raise SystemExit(EXIT_PARTIAL)
@@ -161,18 +164,59 @@ def info(qdrant_path, qdrant_url, collection, as_json) -> None:
         "models": meta.get("models", []),
         "root": meta.get("root"),
         "schema": meta.get("schema"),
+        "storage": catalogue.settings().to_dict(),
+        "store": catalogue.store.describe(),
         "calibration": meta.get("calibration"),
     }
     if as_json:
         emit_json(data)
         return
-    click.echo(f"collection  {collection}\nimages      {data['images']}\nproducts    {data['products']}\nroot        {data['root']}")
+    click.echo(f"collection  {collection} in the {data['store']}\nimages      {data['images']}\nproducts    {data['products']}\nroot        {data['root']}")
     for m in data["models"]:
         click.echo(f"model       {m['model']}  (vector '{m['vector']}', {m['dim']}-d)")
     if data["categories"]:
         click.echo(f"categories  {', '.join(data['categories'])}")
+    storage = data["storage"]
+    click.echo(
+        f"storage     quantization {storage['quantization']}, vectors {'on disk' if storage['on_disk'] else 'in memory'}, "
+        f"exact search below {storage['hnsw_threshold']:,} points per segment"
+    )
     calibration = data["calibration"]
     click.echo(f"confidence  {'calibrated on ' + calibration['source'] if calibration else 'built-in calibration (run search eval --calibrate)'}")
+
+
+@main.command()
+@click.option(
+    "--qdrant-path", type=click.Path(file_okay=False), envvar="CATALOGUE_QDRANT_PATH",
+    help="Embedded store to convert [env CATALOGUE_QDRANT_PATH; default ~/.local/share/catalogue-indexer/qdrant].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was converted as JSON.")
+@reports_errors
+def migrate(qdrant_path, as_json) -> None:
+    """Convert a store written by the previous embedded engine (qdrant-client local mode).
+
+    Every point is copied with its vectors and payload: nothing is
+    re-encoded. The old files are kept in STORE/legacy-local-mode/ (delete
+    them once you are satisfied). Safe to interrupt and run again.
+
+    \b
+    Exit codes: 0 done (or nothing to convert), 4 store unavailable.
+    """
+    from indexer.store import open_store
+    from indexer.store.legacy import migrate as convert
+
+    ctx = click.get_current_context()
+    store = open_store(path=qdrant_path, command=ctx.command_path)
+    ctx.call_on_close(store.close)
+    done = convert(store)
+    if as_json:
+        emit_json({"store": str(store.root), "converted": [vars(m) for m in done]})
+    elif not done:
+        click.echo(f"Nothing to convert in {store.root}: no collection of the previous embedded engine.")
+    else:
+        for m in done:
+            click.echo(f"Converted collection '{m.collection}': {m.points} points ({', '.join(m.models)}), nothing re-encoded")
+        click.echo(f"The old files are in {store.root / 'legacy-local-mode'}; delete them when satisfied.")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,14 @@ from typing import Any
 import click
 
 from indexer.errors import CatalogueError
-from indexer.store import DEFAULT_COLLECTION
+from indexer.store.schema import DEFAULT_COLLECTION, collection_name_problem
+
+
+def _check_collection(_ctx, _param, value: str) -> str:
+    problem = collection_name_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value[:80]!r}: {problem}")
+    return value
 
 
 def store_options(command: Callable) -> Callable:
@@ -34,6 +41,7 @@ def store_options(command: Callable) -> Callable:
             default=DEFAULT_COLLECTION,
             show_default=True,
             envvar="CATALOGUE_COLLECTION",
+            callback=_check_collection,
             help="Collection name [env CATALOGUE_COLLECTION].",
         ),
     ]
@@ -56,17 +64,24 @@ def device_option(command: Callable) -> Callable:
     )(command)
 
 
-def open_catalogue(qdrant_path: str | None, qdrant_url: str | None, collection: str):
+def open_catalogue(qdrant_path: str | None, qdrant_url: str | None, collection: str, *, create: bool = False):
+    """The collection, in the store the options name; closed (and its lock released) when the command ends.
+
+    `create`: a writer may make the embedded store's folder; readers refuse a path with no store.
+    """
     import os
 
-    from indexer.store import Catalogue, open_client
+    from indexer.store import open_store
 
     if qdrant_path and qdrant_url:
         raise click.UsageError("give --qdrant-path or --qdrant-url, not both")
-    client = open_client(path=None if qdrant_url else qdrant_path, url=qdrant_url, api_key=os.environ.get("QDRANT_API_KEY") or None)
-    # Release the embedded store's lock when the command ends, not at interpreter teardown.
-    click.get_current_context().call_on_close(client.close)
-    return Catalogue(client, collection)
+    api_key = os.environ.get("QDRANT_API_KEY") or None
+    if qdrant_url and api_key and qdrant_url.lower().startswith("http://"):
+        click.echo("Warning: QDRANT_API_KEY is sent in clear over http://; use an https:// URL beyond a private network.", err=True)
+    ctx = click.get_current_context()
+    store = open_store(path=None if qdrant_url else qdrant_path, url=qdrant_url, api_key=api_key, create=create, command=ctx.command_path)
+    ctx.call_on_close(store.close)
+    return store.collection(collection)
 
 
 def reports_errors(command: Callable) -> Callable:

@@ -1,6 +1,7 @@
 """Errors a user can act on, each with the exit code the CLIs return for it.
 
     CatalogueError          exit 1   anything the user can fix; the message says how
+    +-- OptionError         exit 2   an option value or combination that cannot work
     +-- BadInputError       exit 3   a missing folder, a file that is not a usable image
     +-- StoreUnavailable    exit 4   Qdrant unreachable, or the embedded store is locked
     +-- ModelMismatch       exit 5   the collection was built with another model
@@ -20,6 +21,10 @@ class CatalogueError(Exception):
     """Base class: the message is one line a user can act on."""
 
     exit_code = 1
+
+
+class OptionError(CatalogueError):
+    exit_code = 2
 
 
 class BadInputError(CatalogueError):

@@ -19,17 +19,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
 from indexer.encoders import Encoder, default_model, load_encoder, model_id_for
-from indexer.errors import BadInputError
+from indexer.errors import BadInputError, OptionError
 from indexer.images import load_rgb
 from indexer.scan import SourceImage
-from indexer.store import Catalogue, IndexedImage, point_id
+from indexer.store import Catalogue, IndexedImage, Point, StorageSettings, image_payload, point_id
+from indexer.store.schema import COLOUR
 
 #: JPEGs decode at reduced scale down to this short side: models need 224-260 px, colours 96.
 DECODE_SHORT_SIDE = 512
@@ -102,16 +103,23 @@ def sync(
     batch_size: int | None = None,
     workers: int = 4,
     colours: int = 3,
+    storage: dict | None = None,
     progress: Callable[[int], object] | None = None,
     on_plan: Callable[[int], object] | None = None,
+    on_index: Callable[[int], object] | None = None,
     encoder_loader: Callable[..., Encoder] = load_encoder,
 ) -> SyncReport:
     """Bring `catalogue` in line with `sources` (the scan of `root`).
 
     `model` (comma-separated for several encoders) defaults to the models the
     collection already holds, or the default model for a new collection.
+    `storage` holds the StorageSettings fields asked for (quantization,
+    on_disk, hnsw_threshold): a new collection takes them over the defaults,
+    `reindex` over the collection's own; an existing collection refuses a
+    change (settings are fixed when a collection is made).
     `on_plan(total)` is called once the number of images to read is known,
-    `progress(n)` as they are done.
+    `progress(n)` as they are done, `on_index(points)` before the engine
+    builds its index.
     """
     started = time.perf_counter()
     if not sources:
@@ -124,8 +132,15 @@ def sync(
         wanted = [m.model for m in recorded]  # --reindex alone rebuilds with the same model
     else:
         wanted = [model_id_for(default_model())]
+    current = catalogue.settings() if exists else StorageSettings()
+    settings = replace(current, **(storage or {}))
     if exists and not reindex:
         catalogue.check_models(wanted)
+        if settings != current:
+            raise OptionError(
+                f"collection {catalogue.name!r} was created with {_describe(current)}; storage settings "
+                f"are fixed when a collection is made: add --reindex to rebuild it with {_describe(settings)}"
+            )
 
     report = SyncReport(dry_run=dry_run, collection=catalogue.name, models=wanted)
     indexed = {} if (reindex or not exists) else {image.path: image for image in catalogue.indexed_images()}
@@ -144,14 +159,14 @@ def sync(
         if catalogue.exists():
             catalogue.check_models(wanted, loaded=specs)
         else:
-            catalogue.create(specs, root=str(root.resolve()))
+            catalogue.create(specs, root=str(root.resolve()), settings=settings)
     if catalogue.metadata().get("root") != str(root.resolve()):
         catalogue.update_metadata(root=str(root.resolve()))
 
     t = time.perf_counter()
     catalogue.delete([image.point_id for image in plan.to_delete])
     for source, stored in plan.payload_only:
-        catalogue.set_payload(stored.point_id, _metadata_payload(source, stored.sha256))
+        catalogue.set_payload([stored.point_id], _metadata_payload(source, stored.sha256))
     report.deleted = len(plan.to_delete)
     report.metadata_only = len(plan.payload_only)
     report.unchanged = plan.unchanged
@@ -161,8 +176,18 @@ def sync(
         on_plan(len(plan.to_encode))
     _encode_all(plan, encoders, catalogue, report, workers=workers, colours=colours, progress=progress)
     report.updated += report.metadata_only
+    if report.encoded or report.deleted:
+        t = time.perf_counter()
+        if on_index:
+            on_index(report.encoded)
+        catalogue.build_index()
+        report.stages["index"] = time.perf_counter() - t
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _describe(settings: StorageSettings) -> str:
+    return f"quantization {settings.quantization}, vectors {'on disk' if settings.on_disk else 'in memory'}, HNSW from {settings.hnsw_threshold:,} points"
 
 
 def _plan(sources: list[SourceImage], indexed: dict[str, IndexedImage]) -> _Plan:
@@ -216,13 +241,10 @@ def _metadata_differs(source: SourceImage, stored: IndexedImage) -> bool:
 
 def _metadata_payload(source: SourceImage, sha256: str) -> dict:
     """Every payload field except the colours, which only change with the pixels."""
-    return {
-        "product_id": source.product_id,
-        "path": source.relative,
-        "category": source.category,
-        "meta": source.meta,
-        "file": {"size": source.size, "mtime_ns": source.mtime_ns, "sha256": sha256},
-    }
+    return image_payload(
+        product_id=source.product_id, path=source.relative, category=source.category, meta=source.meta,
+        size=source.size, mtime_ns=source.mtime_ns, sha256=sha256,
+    )
 
 
 def _prepare(
@@ -265,8 +287,6 @@ def _encode_all(
     progress: Callable[[int], object] | None,
 ) -> None:
     """Stream the images to encode through worker threads into model batches and upserts."""
-    from qdrant_client import models as qm
-
     stages = dict.fromkeys(("read", "decode", "colour", "preprocess", "encode", "upsert"), 0.0)
     vector_names = [e.spec.vector for e in encoders]
     batch_size = max((e.batch_size for e in encoders), default=32)
@@ -279,10 +299,10 @@ def _encode_all(
         t1 = time.perf_counter()
         catalogue.upsert(
             [
-                qm.PointStruct(
+                Point(
                     id=point_id(item.source.relative),
-                    vector={name: vectors[i][row].tolist() for i, name in enumerate(vector_names)},
-                    payload={**_metadata_payload(item.source, item.sha256), "colour": item.colour},
+                    vectors={name: vectors[i][row] for i, name in enumerate(vector_names)},
+                    payload={**_metadata_payload(item.source, item.sha256), COLOUR: item.colour},
                 )
                 for row, item in enumerate(batch)
             ]
@@ -316,7 +336,7 @@ def _encode_all(
                 # The file changed into something unreadable: its old vector no longer describes it.
                 catalogue.delete([point_id(item.source.relative)])
         else:
-            catalogue.set_payload(point_id(item.source.relative), _metadata_payload(item.source, item.sha256))
+            catalogue.set_payload([point_id(item.source.relative)], _metadata_payload(item.source, item.sha256))
             report.unchanged += 1
         if progress:
             progress(1)

@@ -23,7 +23,8 @@ from indexer.colour import Palette, extract_palette, lab_distance
 from indexer.encoders import Encoder, l2_normalise, load_encoder, model_id_for
 from indexer.errors import BadInputError
 from indexer.images import load_rgb
-from indexer.store import Catalogue, ModelSpec
+from indexer.store import Catalogue, Filters, Hit, ModelSpec
+from indexer.store.schema import CATEGORY, PATH, PRODUCT_ID
 from search.confidence import DEFAULT_MIN_CONFIDENCE, Calibration
 from search.locate import Localiser, Region
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD, colour_bonus
@@ -165,7 +166,6 @@ class Searcher:
         self.encoders = [encoder_loader(spec.model, device=device) for spec in recorded]
         catalogue.check_models(wanted, loaded=[e.spec for e in self.encoders])
         self.localiser = localiser if isinstance(localiser, Localiser) else self._localiser(localiser, device, detector_options or {})
-        self.last_timings: dict[str, float] = {}
 
     def _localiser(self, name: str, device: str, detector_options: dict) -> Localiser:
         from search import locate
@@ -185,11 +185,13 @@ class Searcher:
 
     # -- features -------------------------------------------------------------
 
-    def features(self, image: Image.Image) -> list[QueryFeatures]:
-        """One QueryFeatures per located product, most likely first."""
+    def features(self, image: Image.Image, timings: dict[str, float] | None = None) -> list[QueryFeatures]:
+        """One QueryFeatures per located product, most likely first; stage times are added to `timings`."""
         from search.foreground import on_white, product_mask
 
-        timings = dict.fromkeys(("locate", "cutout", "embed", "colour"), 0.0)
+        timings = timings if timings is not None else {}
+        for stage in ("locate", "cutout", "embed", "colour"):
+            timings.setdefault(stage, 0.0)
         t = time.perf_counter()
         regions = self.localiser.locate(image)
         timings["locate"] = time.perf_counter() - t
@@ -212,75 +214,60 @@ class Searcher:
             timings["colour"] += t3 - t2
             category = self.localiser.category_of(region.label)
             found.append(QueryFeatures(region=region, vectors=vectors, palette=palette, category=category))
-        self.last_timings = timings
         return found
 
     def query_features(self, path: str | Path) -> list[QueryFeatures]:
-        """Decode a photo and compute its features, exactly as `search image` does."""
+        """Decode a photo and compute its features, exactly as `search image` does (eval uses it)."""
         return self.features(load_rgb(path, draft=QUERY_DECODE_SIDE))
 
     def _productness(self, crops: list[Image.Image]) -> np.ndarray:
         """Mean cosine of each crop's ten nearest catalogue images: high for products, low for walls."""
-        from qdrant_client import models as qm
-
         vectors = self.encoders[0].embed(crops)
-        requests = [qm.QueryRequest(query=v.tolist(), using=self.specs[0].vector, limit=10) for v in vectors]
-        responses = self.catalogue.client.query_batch_points(self.catalogue.name, requests=requests)
-        return np.array([np.mean([p.score for p in r.points]) if r.points else 0.0 for r in responses])
+        found = self.catalogue.nearest_batch(list(vectors), self.specs[0].vector, 10)
+        return np.array([np.mean([hit.score for hit in hits]) if hits else 0.0 for hits in found])
 
     # -- candidates and ranking ------------------------------------------------
 
-    def candidates(self, features: QueryFeatures, limit: int, filters: tuple[tuple[str, str], ...] = ()) -> list[Candidate]:
+    def candidates(self, features: QueryFeatures, limit: int, filters: Filters = ()) -> list[Candidate]:
         """Nearest catalogue images by cosine (the mean over encoders when there are several), best first."""
-        from qdrant_client import models as qm
-
         if features.category:
-            filters = (*filters, ("category", features.category))
-        query_filter = (
-            qm.Filter(must=[qm.FieldCondition(key=k, match=qm.MatchValue(value=v)) for k, v in filters])
-            if filters
-            else None
-        )
-        fields = ["product_id", "path", "category", "colour.dominant"]
+            filters = (*filters, (CATEGORY, features.category))
         # Each encoder's nearest neighbours; a point missed by some encoder gets that encoder's
         # cosine from its stored vector, so every candidate is scored by the mean over all encoders.
-        scores: dict = {}
-        points: dict = {}
+        scores: dict[str, dict[int, float]] = {}
+        hits: dict[str, Hit] = {}
         for i, (spec, vector) in enumerate(zip(self.specs, features.vectors)):
-            for p in self.catalogue.client.query_points(
-                self.catalogue.name, query=vector.tolist(), using=spec.vector, limit=limit,
-                query_filter=query_filter, with_payload=fields,
-            ).points:
-                scores.setdefault(p.id, {})[i] = p.score
-                points.setdefault(p.id, p)
+            for hit in self.catalogue.nearest(vector, spec.vector, limit, filters):
+                scores.setdefault(hit.id, {})[i] = hit.score
+                hits.setdefault(hit.id, hit)
         incomplete = [pid for pid, by_encoder in scores.items() if len(by_encoder) < len(self.specs)]
         if incomplete:
-            for p in self.catalogue.client.retrieve(
-                self.catalogue.name, ids=incomplete, with_payload=False, with_vectors=[s.vector for s in self.specs]
-            ):
+            stored = self.catalogue.vectors(incomplete, [s.vector for s in self.specs])
+            for pid, by_name in stored.items():
                 for i, (spec, vector) in enumerate(zip(self.specs, features.vectors)):
-                    scores[p.id].setdefault(i, float(np.dot(p.vector[spec.vector], vector)))
-        found = [_candidate(points[pid], float(np.mean(list(by_encoder.values())))) for pid, by_encoder in scores.items()]
-        found.sort(key=lambda c: -c.cosine)
+                    scores[pid].setdefault(i, float(np.dot(by_name[spec.vector], vector)))
+        found = [_candidate(hits[pid], float(np.mean(list(by_encoder.values())))) for pid, by_encoder in scores.items()]
+        found.sort(key=lambda c: (-c.cosine, c.product_id, c.path))  # ties (identical photos) in a fixed order
         return found[:limit]
 
-    def search_image(self, image: Image.Image, options: SearchOptions) -> list[Group]:
+    def search_image(self, image: Image.Image, options: SearchOptions, *, query: str = "image") -> SearchResult:
         """Ranked products for each located product in an RGB image already in memory."""
+        timings: dict[str, float] = {}
         groups = []
         t = time.perf_counter()
-        all_features = self.features(image)
-        t_features = time.perf_counter() - t
-        query_seconds = rank_seconds = 0.0
+        all_features = self.features(image, timings)
+        timings["features"] = time.perf_counter() - t
+        timings["query"] = timings["rank"] = 0.0
         for features in all_features:
             t0 = time.perf_counter()
             found = self.candidates(features, options.candidates, options.filters)
             t1 = time.perf_counter()
             ranked = rank(found, features.palette, replace(options, top_k=max(options.top_k, 2)), root=self.root)
             groups.append(self.group(features.region, ranked, options))
-            query_seconds += t1 - t0
-            rank_seconds += time.perf_counter() - t1
-        self.last_timings = {**self.last_timings, "features": t_features, "query": query_seconds, "rank": rank_seconds}
-        return _distinct_groups(groups)
+            timings["query"] += t1 - t0
+            timings["rank"] += time.perf_counter() - t1
+        timings["total"] = time.perf_counter() - t
+        return SearchResult(query=query, groups=_distinct_groups(groups), timings=timings)
 
     def group(self, region: Region, ranked: list[Match], options: SearchOptions) -> Group:
         """A located product's group; `ranked` holds at least its two best products, for the margin."""
@@ -292,9 +279,9 @@ class Searcher:
         t0 = time.perf_counter()
         image = load_rgb(path, draft=QUERY_DECODE_SIDE)
         decoded = time.perf_counter() - t0
-        groups = self.search_image(image, options)
-        timings = {"decode": decoded, **self.last_timings, "total": time.perf_counter() - t0}
-        return SearchResult(query=str(path), groups=groups, timings=timings)
+        result = self.search_image(image, options, query=str(path))
+        result.timings = {"decode": decoded, **result.timings, "total": time.perf_counter() - t0}
+        return result
 
     def reference_images(self) -> dict[str, str]:
         """Product id -> absolute path of one of its catalogue images (for reports)."""
@@ -304,17 +291,14 @@ class Searcher:
         return images
 
 
-def _candidate(point, cosine: float) -> Candidate:
-    payload = point.payload or {}
-    dominant = (payload.get("colour") or {}).get("dominant")
-    lab = np.array([dominant["L"], dominant["a"], dominant["b"]], dtype=np.float64) if dominant else None
+def _candidate(hit: Hit, cosine: float) -> Candidate:
     return Candidate(
-        point_id=str(point.id),
-        product_id=payload.get("product_id", ""),
-        path=payload.get("path", ""),
+        point_id=hit.id,
+        product_id=hit.payload.get(PRODUCT_ID, ""),
+        path=hit.payload.get(PATH, ""),
         cosine=float(cosine),
-        dominant_lab=lab,
-        category=payload.get("category"),
+        dominant_lab=hit.dominant_lab,
+        category=hit.payload.get(CATEGORY),
     )
 
 
@@ -329,7 +313,7 @@ def rank(candidates: list[Candidate], palette: Palette, options: SearchOptions, 
             else 0.0
         )
         scored.append((c.cosine + bonus, bonus, distance, c))
-    scored.sort(key=lambda s: -s[0])
+    scored.sort(key=lambda s: (-s[0], s[3].product_id, s[3].path))
     best: dict[str, tuple] = {}
     for entry in scored:
         best.setdefault(entry[3].product_id, entry)

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from indexer.store.schema import DOMINANT_KEYS
+
 DEFAULT_ALPHA = 0.05
 DEFAULT_THRESHOLD = 20.0
-#: Payload keys holding the dominant colour (see indexer.store).
-DOMINANT_KEYS = ("colour.dominant.L", "colour.dominant.a", "colour.dominant.b")
 
 
 def colour_bonus(distance: np.ndarray | float, alpha: float, threshold: float) -> np.ndarray:
@@ -38,26 +38,20 @@ def colour_bonus(distance: np.ndarray | float, alpha: float, threshold: float) -
     return np.where(d < threshold, alpha * (1.0 - d / threshold), 0.0)
 
 
-def qdrant_formula(query_lab: np.ndarray, alpha: float, threshold: float):
-    """The same rule as a Qdrant formula over prefetched candidates (Qdrant >= 1.14).
+def formula(query_lab: np.ndarray, alpha: float, threshold: float) -> dict:
+    """The same rule as a Qdrant formula over prefetched candidates (Qdrant >= 1.14), in Qdrant's REST form.
 
-    lin_decay(x) = max(0, 1 - (1 - midpoint) * |x - target| / scale), so
-    midpoint 0.5 with scale threshold/2 is exactly 1 - d/threshold, cut at
-    zero. (midpoint 0 with scale threshold is the same function, but servers
-    before mid-2025 reject a midpoint of 0.)
+    This is the form the README gives other services; the store gateway
+    turns it into each engine's query objects. lin_decay(x) = max(0, 1 -
+    (1 - midpoint) * |x - target| / scale), so midpoint 0.5 with scale
+    threshold/2 is exactly 1 - d/threshold, cut at zero. (midpoint 0 with
+    scale threshold is the same function, but servers before mid-2025 reject
+    a midpoint of 0.)
     """
-    from qdrant_client import models as qm
-
-    squares = [
-        qm.PowExpression(pow=qm.PowParams(base=qm.SumExpression(sum=[key, -float(value)]), exponent=2.0))
-        for key, value in zip(DOMINANT_KEYS, query_lab)
-    ]
-    distance = qm.SqrtExpression(sqrt=qm.SumExpression(sum=squares))
-    decay = qm.LinDecayExpression(
-        lin_decay=qm.DecayParamsExpression(x=distance, target=0.0, scale=threshold / 2.0, midpoint=0.5)
-    )
-    return qm.FormulaQuery(
-        formula=qm.SumExpression(sum=["$score", qm.MultExpression(mult=[float(alpha), decay])]),
+    squares = [{"pow": {"base": {"sum": [key, -float(value)]}, "exponent": 2}} for key, value in zip(DOMINANT_KEYS, query_lab)]
+    decay = {"lin_decay": {"x": {"sqrt": {"sum": squares}}, "target": 0.0, "scale": threshold / 2.0, "midpoint": 0.5}}
+    return {
+        "formula": {"sum": ["$score", {"mult": [float(alpha), decay]}]},
         # A point without colours (not written by this tool) gets no bonus rather than an error.
-        defaults={key: 1e6 for key in DOMINANT_KEYS},
-    )
+        "defaults": {key: 1e6 for key in DOMINANT_KEYS},
+    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -122,19 +123,33 @@ def encode_calls(monkeypatch) -> list[int]:
 
 
 def open_store(path: str):
-    """A client on the embedded store, for assertions; close it before the next CLI call."""
-    from qdrant_client import QdrantClient
+    """The embedded store through the gateway, for assertions; close it before the next CLI call."""
+    from indexer.store import open_store as open_through_gateway
 
-    return QdrantClient(path=path)
+    return open_through_gateway(path=path)
 
 
-def all_points(path: str, collection: str = "catalogue", with_vectors: bool = False) -> list:
-    client = open_store(path)
-    try:
-        points, _ = client.scroll(collection, limit=10_000, with_payload=True, with_vectors=with_vectors)
+@dataclass
+class StoredPoint:
+    id: str
+    payload: dict
+    vector: dict = field(default_factory=dict)
+
+
+def all_points(path: str, collection: str = "catalogue", with_vectors: bool = False) -> list[StoredPoint]:
+    """Every point of a collection, read through the gateway (whole payloads)."""
+    with open_store(path) as store:
+        catalogue = store.collection(collection)
+        points = [StoredPoint(pid, payload) for pid, payload in catalogue.scroll(_ALL_FIELDS)]
+        if with_vectors and points:
+            names = [m.vector for m in catalogue.models()]
+            stored = catalogue.vectors([p.id for p in points], names)
+            for p in points:
+                p.vector = stored[p.id]
         return points
-    finally:
-        client.close()
+
+
+_ALL_FIELDS = ("product_id", "path", "category", "meta", "file", "colour")
 
 
 def unit_norms(points, vector: str) -> np.ndarray:

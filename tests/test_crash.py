@@ -1,70 +1,141 @@
-"""A sync killed at any moment converges when run again: no duplicates, nothing missing, nothing stale."""
+"""Kill -9 at any moment, during the upserts or the index build: the next sync converges, exactly."""
 
 from __future__ import annotations
 
 import json
+import random
+import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from conftest import all_points, studio_shot
+from conftest import all_points, open_store, studio_shot
 
 from indexer.store import point_id
 
-
-def stored_rows(store: str) -> int:
-    """Points written so far, read from the embedded store's sqlite file (the CLI holds the store lock)."""
-    db = Path(store) / "collection" / "catalogue" / "storage.sqlite"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as connection:
-            return connection.execute("SELECT count(*) FROM points").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+IMAGES = 120
 
 
-def test_sync_killed_midway_then_rerun_converges(tmp_path, store, tiny_clip, cli):
+def sync_command(dam, store, model, *extra) -> list[str]:
+    return [sys.executable, "-m", "indexer.cli", "sync", str(dam), "--model", model, "--qdrant-path", str(store), *extra]
+
+
+def stored_points(store) -> int:
+    """Points in the collection now (0 when the collection was not made yet)."""
+    with open_store(store) as handle:
+        return handle.collection("catalogue").count()
+
+
+def assert_mirrors(store, expected: set[str]) -> None:
+    points = all_points(store)
+    paths = [p.payload["path"] for p in points]
+    assert sorted(paths) == sorted(expected)  # nothing missing, no duplicates, nothing stale
+    assert all(p.id == point_id(p.payload["path"]) for p in points)
+
+
+def test_sync_killed_at_random_moments_converges(tmp_path, tiny_clip, cli):
     dam = tmp_path / "dam"
     rng = np.random.default_rng(0)
-    for i in range(120):
+    for i in range(IMAGES):
         studio_shot(dam / f"P{i:03d}.png", tuple(int(v) for v in rng.integers(0, 255, 3)), shape=("ellipse", "rectangle")[i % 2])
-    command = [
-        sys.executable, "-m", "indexer.cli", "sync", str(dam), "--model", tiny_clip,
-        "--qdrant-path", store, "--batch-size", "2", "--workers", "1", "-q",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while stored_rows(store) < 10 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written = stored_rows(store)
-    assert 10 <= written < 120, f"the kill should land mid-sync, {written} points were written"
+    expected = {f"P{i:03d}.png" for i in range(IMAGES)}
+    timing = random.Random(11)
+    delay, partial = 3.0, 0
+    for attempt in range(8):
+        store = tmp_path / f"qdrant-{attempt}"
+        process = subprocess.Popen(
+            sync_command(dam, store, tiny_clip, "--batch-size", "2", "--workers", "1", "-q"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay * timing.uniform(0.8, 1.2))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        written = stored_points(store) if store.exists() else 0
+        if written == 0:
+            delay *= 1.6  # killed before the first write: aim later
+        elif written >= IMAGES:
+            delay *= 0.6  # finished before the kill: aim earlier
+        else:
+            partial += 1
+        result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--json")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["added"] + report["unchanged"] == IMAGES
+        assert_mirrors(store, expected)
+        if partial >= 2:
+            break
+    assert partial >= 1, "no kill landed in the middle of the upserts"
 
-    # Meanwhile the folder changes: one file replaced, one removed.
+    # The last store was killed mid-way and finished; now the folder changes: converge again, vectors fresh.
     studio_shot(dam / "P000.png", (1, 2, 3))
     (dam / "P119.png").unlink()
     result = cli("indexer", "sync", dam, "--qdrant-path", store, "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["added"] + report["updated"] + report["unchanged"] == 119
-
-    points = all_points(store, with_vectors=True)
-    paths = sorted(p.payload["path"] for p in points)
-    assert paths == sorted(f"P{i:03d}.png" for i in range(119))  # nothing missing, no duplicates, P119 gone
-    assert all(str(p.id) == point_id(p.payload["path"]) for p in points)
-    # Nothing stale: every stored vector is what the model gives for the file as it is now.
+    assert result.exit_code == 0
+    assert_mirrors(store, expected - {"P119.png"})
     from indexer.encoders import load_encoder
     from indexer.images import load_rgb
     from indexer.store import vector_name
 
     encoder = load_encoder(tiny_clip, device="cpu")
-    by_path = {p.payload["path"]: p for p in points}
+    by_path = {p.payload["path"]: p for p in all_points(store, with_vectors=True)}
     for name in ("P000.png", "P005.png", "P118.png"):
         fresh = encoder.embed([load_rgb(dam / name)])[0]
         assert np.allclose(by_path[name].vector[vector_name(tiny_clip)], fresh, atol=1e-4)
+
+
+def test_sync_killed_while_building_the_index_converges(tmp_path, tiny_clip, cli):
+    dam = tmp_path / "dam"
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        studio_shot(dam / f"Q{i:03d}.png", tuple(int(v) for v in rng.integers(0, 255, 3)))
+    timing = random.Random(5)
+    for attempt in range(3):
+        store = tmp_path / f"qdrant-{attempt}"
+        # A low threshold makes this small collection get an HNSW graph, built at the end of the sync.
+        process = subprocess.Popen(
+            sync_command(dam, store, tiny_clip, "--hnsw-threshold", "10"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for line in process.stderr:
+            if "Building the search index" in line:
+                time.sleep(timing.uniform(0, 0.05))
+                break
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--json")
+        assert result.exit_code == 0, result.output
+        assert_mirrors(store, {f"Q{i:03d}.png" for i in range(60)})
+
+
+def test_store_killed_mid_index_build_reopens_whole(tmp_path):
+    """The engine's own index build (here 20,000 points, seconds of work) killed at random moments."""
+    script = tmp_path / "build.py"
+    script.write_text(
+        "import sys, numpy as np\n"
+        "from indexer.store import open_store, ModelSpec, Point, StorageSettings, point_id\n"
+        "store = open_store(path=sys.argv[1], create=True)\n"
+        "catalogue = store.collection('catalogue')\n"
+        "catalogue.create([ModelSpec('m', 64)], root='/', settings=StorageSettings(hnsw_threshold=1000))\n"
+        "rng = np.random.default_rng(0)\n"
+        "for start in range(0, 20000, 2000):\n"
+        "    catalogue.upsert([Point(point_id(str(i)), {'m': rng.normal(size=64)}, {'path': str(i), 'product_id': str(i)}) for i in range(start, start + 2000)])\n"
+        "print('building', flush=True)\n"
+        "catalogue.build_index()\n"
+        "print('built', flush=True)\n"
+    )
+    timing = random.Random(3)
+    for attempt in range(3):
+        store = tmp_path / f"store-{attempt}"
+        process = subprocess.Popen([sys.executable, str(script), str(store)], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "building"
+        time.sleep(timing.uniform(0.05, 1.0))
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        with open_store(store) as handle:
+            catalogue = handle.collection("catalogue")
+            assert catalogue.count() == 20000
+            catalogue.build_index()
+            probe = np.random.default_rng(0).normal(size=64)  # the first point's own vector
+            assert catalogue.nearest(probe, "m", 1)[0].id == point_id("0")
+        shutil.rmtree(store)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import open_store, studio_shot
 
-from search.rescore import colour_bonus, qdrant_formula
+from search.rescore import colour_bonus, formula
 
 # The tiny random model recognises only identical pixels: tests that need "a catalogue image finds
 # itself" search the whole photo. Localisation is tested in test_locate.py and test_efficientnet.py.
@@ -66,31 +66,31 @@ def test_colour_reorders_candidates_of_equal_shape(cli, tmp_path, store, tiny_cl
 
 
 def test_one_qdrant_query_with_formula_equals_python_rescoring(synced, dam, store):
-    """The README's single-query form (prefetch + formula) ranks exactly like `search image`."""
+    """The README's single-query form (prefetch + formula), run by the embedded engine, ranks exactly like `search image`."""
     from indexer.images import load_rgb
-    from indexer.store import Catalogue
     from search.query import Searcher, SearchOptions, rank
 
-    client = open_store(store)
-    try:
-        searcher = Searcher(Catalogue(client))
+    with open_store(store) as handle:
+        catalogue = handle.collection("catalogue")
+        searcher = Searcher(catalogue)
         options = SearchOptions(top_k=16, candidates=16, alpha=0.2, threshold=60.0)
         [features] = searcher.features(load_rgb(dam / "generated" / "BLUE-BAG.png"))  # default pipeline: centre views
         python = rank(searcher.candidates(features, options.candidates), features.palette, options)
-        from qdrant_client import models as qm
-
-        points = client.query_points(
-            "catalogue",
-            prefetch=qm.Prefetch(query=features.vectors[0].tolist(), using=searcher.specs[0].vector, limit=16),
-            query=qdrant_formula(features.palette.dominant, options.alpha, options.threshold),
-            limit=16,
-            with_payload=["product_id"],
-        ).points
-    finally:
-        client.close()
-    assert [p.payload["product_id"] for p in points] == [m.product_id for m in python]
-    assert np.allclose([p.score for p in points], [m.score for m in python], atol=1e-5)
+        hits = catalogue.formula_query(
+            features.vectors[0], searcher.specs[0].vector, candidates=16,
+            formula=formula(features.palette.dominant, options.alpha, options.threshold), limit=16,
+        )
+    # The same scores in the same order; products with identical photos tie, and may come in either order.
+    assert np.allclose([h.score for h in hits], [m.score for m in python], atol=1e-5)
+    assert _by_score([(h.score, h.payload["product_id"]) for h in hits]) == _by_score([(m.score, m.product_id) for m in python])
     assert any(m.colour_bonus > 0 for m in python) and any(m.colour_bonus == 0 for m in python)
+
+
+def _by_score(pairs) -> list[tuple[float, frozenset]]:
+    levels: dict[float, set] = {}
+    for score, product in pairs:
+        levels.setdefault(round(score, 4), set()).add(product)
+    return sorted((score, frozenset(products)) for score, products in levels.items())
 
 
 def test_missing_photo_is_exit_3(synced, cli, tmp_path, store):

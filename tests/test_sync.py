@@ -46,33 +46,9 @@ def test_resync_with_nothing_changed_encodes_nothing(synced, cli, dam, store, ti
     assert encode_calls == []
 
 
-def test_resync_with_nothing_changed_does_not_even_open_the_store(synced, cli, dam, store, monkeypatch):
-    import indexer.store
-
-    opened = []
-    real_open = indexer.store.open_client
-    monkeypatch.setattr(indexer.store, "open_client", lambda **kw: opened.append(kw) or real_open(**kw))
-    result, report = sync_json(cli, dam, "--qdrant-path", store)
-    assert (result.exit_code, report["unchanged"], opened) == (0, 16, [])
-    # Asking for the collection's own model is still "nothing changed"; another model must be checked.
-    assert sync_json(cli, dam, "--qdrant-path", store, "--model", report["models"][0])[1]["unchanged"] == 16
-    assert opened == []
-    shutil.rmtree(os.path.join(store, ".catalogue-indexer"))  # no receipt: the full comparison, same answer
-    result, report = sync_json(cli, dam, "--qdrant-path", store)
-    assert (result.exit_code, report["unchanged"], report["encoded"], len(opened)) == (0, 16, 0, 1)
-
-
-@pytest.mark.parametrize("receipt", ["[]", "{\"models\": 3}", "not json", "{}"])
-def test_a_broken_receipt_means_the_full_comparison(synced, cli, dam, store, receipt):
-    (next(Path(store, ".catalogue-indexer").glob("sync-*.json"))).write_text(receipt)
-    result, report = sync_json(cli, dam, "--qdrant-path", store)
-    assert (result.exit_code, report["unchanged"]) == (0, 16)
-
-
-def test_store_changed_behind_the_receipt_is_noticed(synced, cli, dam, store):
-    client = open_store(store)
-    client.delete("catalogue", points_selector=[point_id("generated/RED-BAG.png")])
-    client.close()
+def test_point_deleted_behind_the_tools_back_is_restored(synced, cli, dam, store):
+    with open_store(store) as handle:
+        handle.collection("catalogue").delete([point_id("generated/RED-BAG.png")])
     result, report = sync_json(cli, dam, "--qdrant-path", store)
     assert (result.exit_code, report["added"], report["unchanged"]) == (0, 1, 15)
 
@@ -273,24 +249,26 @@ def test_unreachable_server_is_exit_4(cli, dam, tiny_clip):
     assert "cannot reach Qdrant at http://127.0.0.1:9" in result.stderr and result.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("with_receipt", [False, True])
-def test_store_held_by_another_process_is_exit_4(cli, dam, store, tiny_clip, with_receipt):
+@pytest.mark.parametrize("command", [("indexer", "sync"), ("search", "image"), ("indexer", "info")])
+def test_store_held_by_another_process_names_it_and_exits_4(synced, cli, dam, store, command):
     import subprocess
     import sys
 
-    if with_receipt:  # nothing changed, but the store is busy: say so rather than "all unchanged"
-        assert cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store).exit_code == 0
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from qdrant_client import QdrantClient; c = QdrantClient(path={store!r}); print('ready', flush=True); input()"],
+        [sys.executable, "-c", "from indexer.store import open_store; import sys; "
+         f"s = open_store(path={store!r}, command='search serve'); print('ready', flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
-        result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store)
+        args = {"sync": (dam,), "image": (dam / "generated" / "RED-BAG.png",), "info": ()}[command[1]]
+        result = cli(*command, *args, "--qdrant-path", store)
         assert result.exit_code == 4
-        assert "in use by another process" in result.stderr and result.stderr.count("\n") == 1
+        assert f"in use by process {holder.pid} (search serve)" in result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
     finally:
         holder.communicate("\n", timeout=30)
+    assert cli("indexer", "info", "--qdrant-path", store).exit_code == 0  # released when the holder ends
 
 
 def test_server_url_without_scheme_is_exit_4(cli, dam, tiny_clip):

@@ -1,0 +1,432 @@
+"""The embedded store: Qdrant Edge, Qdrant's engine inside this process (the default).
+
+Layout of a store folder:
+
+    store.lock                       who holds the store (see lock.py)
+    collections/NAME/shard/          one Edge shard per collection: WAL, segments, HNSW
+    collections/NAME/collection.json this tool's record of the collection
+
+Edge has the server's query language (prefetch, formulas, filters, payload
+indexes, quantization) but no collections and no collection metadata: a
+collection is a shard folder, and its record is a JSON file beside it,
+written atomically. One process at a time: Edge locks its write-ahead log,
+and `StoreLock` says who holds it.
+
+Engine failures (disk full, read-only mount, damaged files) become one-line
+`StoreUnavailable` errors naming the store and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from indexer.errors import BadInputError, StoreUnavailable, first_line
+from indexer.store.catalogue import Catalogue
+from indexer.store.lock import StoreLock
+from indexer.store.schema import (
+    CANDIDATE_FIELDS,
+    INDEXED_FIELDS,
+    Filters,
+    Hit,
+    ModelSpec,
+    Point,
+    StorageSettings,
+)
+
+COLLECTIONS = "collections"
+SHARD = "shard"
+RECORD = "collection.json"
+#: HNSW parameters: Qdrant's defaults, which measured recall@10 >= 0.99 on our vectors (README "Scale").
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 100
+#: Search breadth of HNSW queries: at least this, and at least the number of results asked for.
+HNSW_EF = 128
+#: int8 first pass, then the best `OVERSAMPLING` x limit rescored with the original vectors.
+OVERSAMPLING = 2.0
+
+
+class EdgeStore:
+    """An embedded store folder, locked for this process until `close()`."""
+
+    kind = "embedded"
+
+    def __init__(self, root: Path, *, create: bool, command: str | None = None):
+        self.root = root
+        self.location = str(root)
+        if not root.is_dir():
+            if not create:
+                raise BadInputError(
+                    f"no embedded store at {root}; index a catalogue into it first: indexer sync DAM_FOLDER --qdrant-path {root}"
+                )
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot create the embedded store at {root}: {exc.strerror or exc}; "
+                    "choose a writable --qdrant-path (or CATALOGUE_QDRANT_PATH)"
+                ) from None
+        self._lock = StoreLock(root, command)
+        self._shards: dict[str, object] = {}
+        self._guard = threading.Lock()
+
+    def collection(self, name: str) -> EdgeCatalogue:
+        from indexer.store.legacy import refuse_legacy
+
+        catalogue = EdgeCatalogue(self, name)
+        if not catalogue.exists():
+            refuse_legacy(self.root, name)
+        return catalogue
+
+    def collections(self) -> list[str]:
+        folder = self.root / COLLECTIONS
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if (p / RECORD).is_file() and not p.name.startswith("."))
+
+    def describe(self) -> str:
+        return f"embedded store {self.root}"
+
+    def close(self) -> None:
+        with self._guard:
+            shards, self._shards = self._shards, {}
+        for name, shard in shards.items():
+            with self.errors(f"closing collection {name!r}"):
+                shard.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> EdgeStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- shards ---------------------------------------------------------------------
+
+    def folder(self, name: str) -> Path:
+        return self.root / COLLECTIONS / name
+
+    def shard(self, name: str):
+        """The collection's open shard, loaded on first use."""
+        with self._guard:
+            shard = self._shards.get(name)
+            if shard is None:
+                import qdrant_edge as qe
+
+                with self.errors(f"opening collection {name!r}"):
+                    shard = qe.EdgeShard.load(str(self.folder(name) / SHARD))
+                self._shards[name] = shard
+            return shard
+
+    def create_shard(self, name: str, config) -> object:
+        import qdrant_edge as qe
+
+        path = self.folder(name) / SHARD
+        with self._guard:
+            if path.exists():  # left by a create that died before its record was written
+                shutil.rmtree(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self.errors(f"creating collection {name!r}"):
+                shard = qe.EdgeShard.create(str(path), config)
+            self._shards[name] = shard
+            return shard
+
+    def release(self, name: str) -> None:
+        """Close a collection's shard (it is loaded again on next use)."""
+        with self._guard:
+            shard = self._shards.pop(name, None)
+        if shard is not None:
+            with self.errors(f"closing collection {name!r}"):
+                shard.close()
+
+    def forget(self, name: str) -> None:
+        """Close and delete a collection's files; its shard need not be loadable."""
+        with self._guard:
+            shard = self._shards.pop(name, None)
+        if shard is not None:
+            with contextlib.suppress(Exception):
+                shard.close()
+        shutil.rmtree(self.folder(name), ignore_errors=True)
+
+    @contextlib.contextmanager
+    def errors(self, doing: str) -> Iterator[None]:
+        """Engine exceptions as one line that says what failed and what to do."""
+        try:
+            yield
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Edge raises plain Exception for every engine error
+            raise StoreUnavailable(_explain(self.root, doing, first_line(exc))) from None
+
+
+def _explain(root: Path, doing: str, message: str) -> str:
+    lowered = message.lower()
+    if "no space left" in lowered or "os error 28" in lowered:
+        return (
+            f"the embedded store {root} is out of disk space ({doing}): free some space and run the same "
+            "command again; what was written before is kept"
+        )
+    if "read-only file system" in lowered or "os error 30" in lowered:
+        return (
+            f"the embedded store {root} is on a read-only file system, and the embedded engine writes to its "
+            f"files even to search; mount it writable, copy it somewhere writable (cp -r {root} /tmp/store), "
+            "or serve the collection from a Qdrant server (--qdrant-url)"
+        )
+    if "wouldblock" in lowered or "would block" in lowered:
+        return (
+            f"the embedded store {root} is in use by another process; wait for it to finish, "
+            "or run a Qdrant server (--qdrant-url) for several processes at once"
+        )
+    return (
+        f"the embedded store {root} failed while {doing}: {message}. If its files are damaged, rebuild the "
+        "collection: indexer sync DAM_FOLDER --reindex (README \"Store faults\")"
+    )
+
+
+class EdgeCatalogue(Catalogue):
+    def __init__(self, store: EdgeStore, name: str):
+        self.store = store
+        self.name = name
+        self._record: dict | None = None  # this process holds the store: nobody else changes the record
+
+    @property
+    def _shard(self):
+        return self.store.shard(self.name)
+
+    def _errors(self, doing: str):
+        return self.store.errors(doing)
+
+    # -- record -----------------------------------------------------------------------
+
+    @property
+    def _record_path(self) -> Path:
+        return self.store.folder(self.name) / RECORD
+
+    def exists(self) -> bool:
+        return self._record_path.is_file() and (self.store.folder(self.name) / SHARD).is_dir()
+
+    def record(self) -> dict:
+        if self._record is None:
+            self._record = self._read_record()
+        return dict(self._record)
+
+    def _read_record(self) -> dict:
+        try:
+            record = json.loads(self._record_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StoreUnavailable(
+                f"the record of collection {self.name!r} in {self.store.root} is unreadable ({first_line(exc)}); "
+                "rebuild it: indexer sync DAM_FOLDER --reindex --model MODEL"
+            ) from None
+        return record if isinstance(record, dict) else {}
+
+    def _write_record(self, record: dict) -> None:
+        path = self._record_path
+        partial = path.with_name(path.name + ".partial")
+        try:
+            partial.write_text(json.dumps(record, indent=1))
+            with open(partial, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(partial, path)  # a reader sees the old record or the new one, never half of one
+            self._record = dict(record)
+        except OSError as exc:
+            raise StoreUnavailable(_explain(self.store.root, f"writing the record of {self.name!r}", str(exc))) from None
+
+    def _create(self, models: list[ModelSpec], settings: StorageSettings, record: dict) -> None:
+        import qdrant_edge as qe
+
+        shard = self.store.create_shard(self.name, _config(models, settings))
+        with self._errors(f"creating collection {self.name!r}"):
+            for field in INDEXED_FIELDS:
+                shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+            shard.flush()
+        self._write_record(record)  # last: a collection without its record does not exist
+
+    def drop(self) -> None:
+        self.store.forget(self.name)
+        self._record = None
+
+    # -- reads -----------------------------------------------------------------------
+
+    def scroll(self, fields: Sequence[str], filters: Filters = (), *, batch: int = 1024) -> Iterator[tuple[str, dict]]:
+        import qdrant_edge as qe
+
+        offset = None
+        while True:
+            with self._errors(f"reading collection {self.name!r}"):
+                records, offset = self._shard.scroll(
+                    qe.ScrollRequest(offset=offset, limit=batch, filter=_filter(filters), with_payload=list(fields), with_vector=False)
+                )
+            for record in records:
+                yield str(record.id), record.payload or {}
+            if offset is None:
+                return
+
+    def count(self, filters: Filters = ()) -> int:
+        import qdrant_edge as qe
+
+        if not self.exists():
+            return 0
+        with self._errors(f"counting collection {self.name!r}"):
+            return int(self._shard.count(qe.CountRequest(exact=True, filter=_filter(filters))))
+
+    def nearest(self, vector, using, limit, filters=(), fields=CANDIDATE_FIELDS) -> list[Hit]:
+        import qdrant_edge as qe
+
+        request = qe.QueryRequest(
+            limit=limit, query=qe.Query.Nearest(_floats(vector), using=using), filter=_filter(filters),
+            with_payload=list(fields), params=self._params(limit),
+        )
+        with self._errors(f"searching collection {self.name!r}"):
+            return [_hit(p) for p in self._shard.query(request)]
+
+    def nearest_batch(self, vectors, using, limit) -> list[list[Hit]]:
+        import qdrant_edge as qe
+
+        requests = [
+            qe.QueryRequest(limit=limit, query=qe.Query.Nearest(_floats(v), using=using), with_payload=False, params=self._params(limit))
+            for v in vectors
+        ]
+        with self._errors(f"searching collection {self.name!r}"):
+            return [[_hit(p) for p in found] for found in self._shard.query_batch(qe.QueryBatchRequest(requests))]
+
+    def vectors(self, point_ids, names) -> dict[str, dict[str, np.ndarray]]:
+        if not point_ids:
+            return {}
+        with self._errors(f"reading collection {self.name!r}"):
+            records = self._shard.retrieve(list(point_ids), with_payload=False, with_vector=list(names))
+        return {str(r.id): {k: np.asarray(v, dtype=np.float32) for k, v in (r.vector or {}).items()} for r in records}
+
+    def formula_query(self, vector, using, candidates, formula, limit, filters=(), fields=CANDIDATE_FIELDS) -> list[Hit]:
+        import qdrant_edge as qe
+
+        prefetch = qe.Prefetch(
+            limit=candidates, query=qe.Query.Nearest(_floats(vector), using=using), filter=_filter(filters),
+            params=self._params(candidates),
+        )
+        request = qe.QueryRequest(
+            limit=limit, prefetches=[prefetch],
+            query=qe.Formula(_expression(formula["formula"]), defaults=formula.get("defaults")),
+            with_payload=list(fields),
+        )
+        with self._errors(f"searching collection {self.name!r}"):
+            return [_hit(p) for p in self._shard.query(request)]
+
+    def _params(self, limit: int):
+        import qdrant_edge as qe
+
+        quantized = self.settings().quantization != "none"
+        return qe.SearchParams(
+            hnsw_ef=max(HNSW_EF, limit),
+            quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING) if quantized else None,
+        )
+
+    # -- writes ------------------------------------------------------------------------
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        import qdrant_edge as qe
+
+        if not points:
+            return
+        operation = qe.UpdateOperation.upsert_points(
+            [qe.Point(id=p.id, vector={k: _floats(v) for k, v in p.vectors.items()}, payload=p.payload) for p in points]
+        )
+        with self._errors(f"writing to collection {self.name!r}"):
+            self._shard.update(operation)
+
+    def set_payload(self, point_ids, payload) -> None:
+        import qdrant_edge as qe
+
+        if point_ids:
+            with self._errors(f"writing to collection {self.name!r}"):
+                self._shard.update(qe.UpdateOperation.set_payload(list(point_ids), payload))
+
+    def delete(self, point_ids) -> None:
+        import qdrant_edge as qe
+
+        if point_ids:
+            with self._errors(f"writing to collection {self.name!r}"):
+                self._shard.update(qe.UpdateOperation.delete_points(list(point_ids)))
+
+    def build_index(self) -> bool:
+        with self._errors(f"building the index of collection {self.name!r}"):
+            built = bool(self._shard.optimize())
+            self._shard.flush()
+        return built
+
+
+def _config(models: list[ModelSpec], settings: StorageSettings):
+    import qdrant_edge as qe
+
+    # Qdrant counts its thresholds in KB of vectors per segment; ours is in points.
+    kb = max(1, settings.hnsw_threshold * max(m.dim for m in models) * 4 // 1024)
+    quantization = (
+        qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+        if settings.quantization == "int8"
+        else None
+    )
+    return qe.EdgeConfig(
+        vectors={
+            m.vector: qe.EdgeVectorParams(size=m.dim, distance=qe.Distance.Cosine, on_disk=settings.on_disk) for m in models
+        },
+        hnsw_config=qe.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=kb),
+        quantization_config=quantization,
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=kb),
+    )
+
+
+def _filter(filters: Filters):
+    import qdrant_edge as qe
+
+    if not filters:
+        return None
+    return qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchValue(value)) for key, value in filters])
+
+
+def _floats(vector) -> list[float]:
+    return np.asarray(vector, dtype=np.float32).tolist()
+
+
+def _hit(point) -> Hit:
+    return Hit(str(point.id), float(point.score), point.payload or {})
+
+
+def _expression(node):
+    """Qdrant's REST formula tree (the form the README documents) as Edge expression objects."""
+    import qdrant_edge as qe
+
+    E = qe.Expression
+    if isinstance(node, bool):
+        raise ValueError("booleans are not formula expressions")
+    if isinstance(node, (int, float)):
+        return E.Constant(float(node))
+    if isinstance(node, str):
+        return E.Variable(node)
+    [(op, arg)] = node.items()
+    if op in ("sum", "mult", "max", "min"):
+        return getattr(E, op.capitalize())([_expression(a) for a in arg])
+    if op in ("sqrt", "neg", "abs", "exp", "ln", "log10"):
+        return getattr(E, {"log10": "Log10"}.get(op, op.capitalize()))(_expression(arg))
+    if op == "pow":
+        return E.Pow(_expression(arg["base"]), _expression(arg["exponent"]))
+    if op == "div":
+        return E.Div(_expression(arg["left"]), _expression(arg["right"]), arg.get("by_zero_default"))
+    if op in ("lin_decay", "exp_decay", "gauss_decay"):
+        kind = {"lin_decay": qe.DecayKind.Lin, "exp_decay": qe.DecayKind.Exp, "gauss_decay": qe.DecayKind.Gauss}[op]
+        target = arg.get("target")
+        return E.Decay(
+            kind, _expression(arg["x"]), target=None if target is None else _expression(target),
+            midpoint=arg.get("midpoint"), scale=arg.get("scale"),
+        )
+    raise ValueError(f"formula operation {op!r} is not supported by the embedded store")

@@ -1,0 +1,84 @@
+"""One process at a time in an embedded store, and a message that names the one holding it.
+
+The embedded engine locks its own write-ahead log, but a second process only
+learns "WouldBlock". Before opening anything, a store takes an exclusive
+lock on `store.lock` and writes who it is (pid, command, since when) into it,
+so the next process can say "in use by process 1234 (indexer sync ./dam)".
+The operating system drops the lock when the process ends, however it ends
+(kill -9 included): a stale file never blocks anyone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from indexer.errors import StoreUnavailable
+
+LOCK_FILE = "store.lock"
+
+
+class StoreLock:
+    """An exclusive, non-blocking lock on a store folder, held until `release()`."""
+
+    def __init__(self, folder: Path, command: str | None = None):
+        import portalocker
+
+        self.path = folder / LOCK_FILE
+        try:
+            self._handle = open(self.path, "a+")  # noqa: SIM115 - held for the store's lifetime
+            writable = True
+        except OSError:
+            try:  # a read-only folder: lock without recording who we are
+                self._handle = open(self.path)  # noqa: SIM115
+            except OSError:
+                self._handle = None
+                return
+            writable = False
+        try:
+            portalocker.lock(self._handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.exceptions.LockException:
+            holder = describe_holder(self.path)
+            self._handle.close()
+            self._handle = None
+            raise StoreUnavailable(
+                f"the embedded store {folder} is in use by {holder}; wait for it to finish or stop it, "
+                "or run a Qdrant server (--qdrant-url) for several processes at once"
+            ) from None
+        if writable:
+            self._handle.seek(0)
+            self._handle.truncate()
+            self._handle.write(json.dumps({"pid": os.getpid(), "command": command or _command_line(), "since": time.time()}))
+            self._handle.flush()
+
+    def release(self) -> None:
+        if self._handle is not None:
+            import portalocker
+
+            try:
+                self._handle.seek(0)
+                self._handle.truncate()
+            except OSError:
+                pass
+            portalocker.unlock(self._handle)
+            self._handle.close()
+            self._handle = None
+
+
+def describe_holder(path: Path) -> str:
+    """'process 1234 (indexer sync ./dam)' from a lock file, or 'another process' when it says nothing."""
+    try:
+        holder = json.loads(path.read_text())
+        return f"process {int(holder['pid'])} ({str(holder['command'])[:120]})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _command_line() -> str:
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program in ("-c", "__main__.py", "-m"):
+        program = "python"
+    return " ".join([program, *sys.argv[1:3]]).replace("\n", " ")
