@@ -125,14 +125,16 @@ def sync(
     if not sources:
         raise BadInputError(f"{root}: no images found (.jpg .jpeg .png .webp); nothing was changed")
     exists = catalogue.exists()
-    recorded = catalogue.models() if exists else []
+    # A rebuild with the model named needs nothing from the old record: it may be what is broken.
+    trust_record = exists and not (reindex and model)
+    recorded = catalogue.models() if trust_record else []
     if model:
         wanted = [model_id_for(m.strip()) for m in model.split(",") if m.strip()]
     elif recorded:
         wanted = [m.model for m in recorded]  # --reindex alone rebuilds with the same model
     else:
         wanted = [model_id_for(default_model())]
-    current = catalogue.settings() if exists else StorageSettings()
+    current = catalogue.settings() if trust_record else StorageSettings()
     settings = replace(current, **(storage or {}))
     if exists and not reindex:
         catalogue.check_models(wanted)
@@ -176,12 +178,12 @@ def sync(
         on_plan(len(plan.to_encode))
     _encode_all(plan, encoders, catalogue, report, workers=workers, colours=colours, progress=progress)
     report.updated += report.metadata_only
-    if report.encoded or report.deleted:
-        t = time.perf_counter()
-        if on_index:
-            on_index(report.encoded)
-        catalogue.build_index()
-        report.stages["index"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if on_index and (report.encoded or report.deleted):
+        on_index(report.encoded)
+    # Also when nothing changed: an index a full disk kept from being built gets built now (0.1 s when there is nothing to do).
+    catalogue.build_index()
+    report.stages["index"] = time.perf_counter() - t
     report.seconds = time.perf_counter() - started
     return report
 

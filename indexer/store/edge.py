@@ -5,6 +5,7 @@ Layout of a store folder:
     store.lock                       who holds the store (see lock.py)
     collections/NAME/shard/          one Edge shard per collection: WAL, segments, HNSW
     collections/NAME/collection.json this tool's record of the collection
+    collections/NAME/index.pending   writes not indexed yet (the next sync builds the index)
 
 Edge has the server's query language (prefetch, formulas, filters, payload
 indexes, quantization) but no collections and no collection metadata: a
@@ -44,6 +45,8 @@ from indexer.store.schema import (
 COLLECTIONS = "collections"
 SHARD = "shard"
 RECORD = "collection.json"
+#: Present while writes have not been indexed yet: the next sync builds the index even if nothing changed.
+PENDING = "index.pending"
 #: HNSW parameters: Qdrant's defaults, which measured recall@10 >= 0.99 on our vectors (README "Scale").
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
@@ -51,6 +54,10 @@ HNSW_EF_CONSTRUCT = 100
 HNSW_EF = 128
 #: int8 first pass, then the best `OVERSAMPLING` x limit rescored with the original vectors.
 OVERSAMPLING = 2.0
+#: Free disk space never used by writes (see EdgeStore.ensure_space).
+DISK_RESERVE_MB = 64
+#: What a write takes on disk compared with its raw size: the log, the segment, the payload index.
+WRITE_AMPLIFICATION = 4
 
 
 class EdgeStore:
@@ -122,7 +129,8 @@ class EdgeStore:
             if shard is None:
                 import qdrant_edge as qe
 
-                with self.errors(f"opening collection {name!r}"):
+                # A damaged file can make the engine panic; its report goes to our one line, not the terminal.
+                with self.errors(f"opening collection {name!r}"), _engine_stderr_captured():
                     shard = qe.EdgeShard.load(str(self.folder(name) / SHARD))
                 self._shards[name] = shard
             return shard
@@ -162,10 +170,55 @@ class EdgeStore:
         """Engine exceptions as one line that says what failed and what to do."""
         try:
             yield
-        except StoreUnavailable:
+        except (StoreUnavailable, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
-        except Exception as exc:  # noqa: BLE001 - Edge raises plain Exception for every engine error
+        except BaseException as exc:  # noqa: BLE001 - Edge raises Exception, and PanicException (a BaseException) on damaged files
             raise StoreUnavailable(_explain(self.root, doing, first_line(exc))) from None
+
+    def ensure_space(self, needed: int, doing: str) -> None:
+        """Refuse a write that could fill the disk: the engine maps its files into memory, and a
+        write into a full disk through a mapping kills the process (SIGBUS) instead of failing."""
+        free = shutil.disk_usage(self.root).free
+        if free < needed + disk_reserve():
+            raise StoreUnavailable(
+                f"the embedded store {self.root} is nearly out of disk space ({free / 2**20:.0f} MB free, {doing} needs "
+                f"about {(needed + disk_reserve()) / 2**20:.0f} MB with the {disk_reserve() / 2**20:.0f} MB safety margin): "
+                "free some space and run the same command again; what was written before is kept"
+            )
+
+    def usage(self, name: str) -> int:
+        """Bytes the collection's files really take on disk (its write-ahead log is sparse)."""
+        total = 0
+        for folder, _dirs, files in os.walk(self.folder(name)):
+            for file in files:
+                with contextlib.suppress(OSError):
+                    total += os.stat(os.path.join(folder, file)).st_blocks * 512
+        return total
+
+
+def disk_reserve() -> int:
+    """Free bytes kept untouched on the store's disk: $CATALOGUE_DISK_RESERVE_MB, default 64 MB (two log segments)."""
+    value = os.environ.get("CATALOGUE_DISK_RESERVE_MB", "")
+    return (int(value) if value.isdigit() else DISK_RESERVE_MB) * 2**20
+
+
+@contextlib.contextmanager
+def _engine_stderr_captured() -> Iterator[None]:
+    """Keep what the engine writes to the process's stderr (a panic report) off the terminal."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _explain(root: Path, doing: str, message: str) -> str:
@@ -197,6 +250,7 @@ class EdgeCatalogue(Catalogue):
         self.store = store
         self.name = name
         self._record: dict | None = None  # this process holds the store: nobody else changes the record
+        self._pending = False
 
     @property
     def _shard(self):
@@ -246,6 +300,7 @@ class EdgeCatalogue(Catalogue):
     def _create(self, models: list[ModelSpec], settings: StorageSettings, record: dict) -> None:
         import qdrant_edge as qe
 
+        self.store.ensure_space(0, "creating a collection")
         shard = self.store.create_shard(self.name, _config(models, settings))
         with self._errors(f"creating collection {self.name!r}"):
             for field in INDEXED_FIELDS:
@@ -334,14 +389,22 @@ class EdgeCatalogue(Catalogue):
 
     # -- writes ------------------------------------------------------------------------
 
+    def _wrote(self) -> None:
+        if not self._pending:
+            (self.store.folder(self.name) / PENDING).touch()
+            self._pending = True
+
     def upsert(self, points: Sequence[Point]) -> None:
         import qdrant_edge as qe
 
         if not points:
             return
+        raw = sum(4 * sum(len(v) for v in p.vectors.values()) + len(json.dumps(p.payload)) for p in points)
+        self.store.ensure_space(WRITE_AMPLIFICATION * raw, f"writing {len(points)} points")
         operation = qe.UpdateOperation.upsert_points(
             [qe.Point(id=p.id, vector={k: _floats(v) for k, v in p.vectors.items()}, payload=p.payload) for p in points]
         )
+        self._wrote()
         with self._errors(f"writing to collection {self.name!r}"):
             self._shard.update(operation)
 
@@ -349,6 +412,8 @@ class EdgeCatalogue(Catalogue):
         import qdrant_edge as qe
 
         if point_ids:
+            self.store.ensure_space(WRITE_AMPLIFICATION * len(point_ids) * len(json.dumps(payload)), "updating payloads")
+            self._wrote()
             with self._errors(f"writing to collection {self.name!r}"):
                 self._shard.update(qe.UpdateOperation.set_payload(list(point_ids), payload))
 
@@ -356,13 +421,22 @@ class EdgeCatalogue(Catalogue):
         import qdrant_edge as qe
 
         if point_ids:
+            self.store.ensure_space(64 * len(point_ids), "deleting points")
+            self._wrote()
             with self._errors(f"writing to collection {self.name!r}"):
                 self._shard.update(qe.UpdateOperation.delete_points(list(point_ids)))
 
     def build_index(self) -> bool:
+        pending = self.store.folder(self.name) / PENDING
+        if not pending.exists():
+            return False
+        # The optimizer writes new segments beside the old ones before it drops them.
+        self.store.ensure_space(self.store.usage(self.name), "building the index")
         with self._errors(f"building the index of collection {self.name!r}"):
             built = bool(self._shard.optimize())
             self._shard.flush()
+        pending.unlink()
+        self._pending = False
         return built
 
 
