@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from indexer.cli_common import (
+    Commands,
     device_option,
     emit_json,
     open_catalogue,
@@ -21,7 +22,7 @@ from indexer.errors import EXIT_PARTIAL
 from indexer.store.schema import DEFAULT_HNSW_THRESHOLD, QUANTIZATIONS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="catalogue-indexer")
 def main() -> None:
     """Index a brand's catalogue photos (one clean image per product) for visual search.

@@ -15,6 +15,27 @@ from indexer.errors import CatalogueError
 from indexer.store.schema import DEFAULT_COLLECTION, collection_name_problem
 
 
+class Commands(click.Group):
+    """A click group whose usage errors (bad option values, unknown options) are one line on stderr, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def _check_collection(_ctx, _param, value: str) -> str:
     problem = collection_name_problem(value)
     if problem:

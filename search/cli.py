@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from indexer.cli_common import (
+    Commands,
     device_option,
     emit_json,
     open_catalogue,
@@ -19,7 +20,7 @@ from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="catalogue-indexer")
 def main() -> None:
     """Find which catalogue product a photo shows.
@@ -60,16 +61,6 @@ def ranking_options(command):
     return command
 
 
-def _parse_filters(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    parsed = []
-    for value in values:
-        key, sep, wanted = value.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{value!r}: expected KEY=VALUE, e.g. category=Bags", param_hint="--filter")
-        parsed.append((key.strip(), wanted))
-    return tuple(parsed)
-
-
 def _searcher(catalogue, model, device, locate, detector, prompts, max_products):
     from search.query import Searcher
 
@@ -86,11 +77,11 @@ def _searcher(catalogue, model, device, locate, detector, prompts, max_products)
 
 
 def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence):
-    from search.query import SearchOptions
+    from search.options import make_options
 
-    return SearchOptions(
-        top_k=top_k, candidates=max(candidates, top_k), alpha=alpha, threshold=threshold,
-        colour=not no_colour, filters=_parse_filters(filters), min_confidence=min_confidence,
+    return make_options(
+        top_k=top_k, candidates=candidates, alpha=alpha, threshold=threshold,
+        colour=not no_colour, filters=filters, min_confidence=min_confidence,
     )
 
 
@@ -192,61 +183,28 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
     4 store unavailable, 5 model mismatch.
     """
     from indexer.cli_common import progress_bar
-    from indexer.errors import BadInputError
-    from search.evaluate import (
-        Setting,
-        evaluate,
-        grid_settings,
-        query_photos,
-        read_ground_truth,
-    )
+    from search.evaluate import query_photos, read_ground_truth, run_evaluation
 
+    options = _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence)
     cutoffs = tuple(sorted({int(k) for k in _floats(ks, "--k") if k >= 1}))
     if not cutoffs:
         raise click.BadParameter("give at least one k >= 1", param_hint="--k")
+    grid = (_floats(alphas, "--alphas"), _floats(thresholds, "--thresholds")) if sweep else None
     truth = read_ground_truth(ground_truth)
-    settings = [Setting("cosine only", False, 0.0, threshold)]
-    if not no_colour:
-        settings.append(Setting(f"colour alpha={alpha:g},threshold={threshold:g}", True, alpha, threshold))
-    grid = grid_settings(_floats(alphas, "--alphas"), _floats(thresholds, "--thresholds")) if sweep else []
-    settings += [s for s in grid if (s.alpha, s.threshold) != (alpha, threshold) or no_colour]
-    catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
-    searcher = _searcher(catalogue, model, device, locate, detector, prompts, max_products)
+    searcher = _searcher(open_catalogue(qdrant_path, qdrant_url, collection), model, device, locate, detector, prompts, max_products)
     photos = sum(1 for name in query_photos(queries) if name in truth)
     with progress_bar(photos, "evaluating", enabled=not quiet) as bar:
-        evaluation = evaluate(
-            searcher, queries, truth, settings, candidates=max(candidates, top_k), top_k=top_k, ks=cutoffs,
-            filters=_parse_filters(filters), progress=bar.update,
-        )
-    shown = settings[1].name if len(settings) > 1 and not no_colour else settings[0].name
-    best = evaluation.best([s for s in settings if s.colour] or settings)
-    confidence = evaluation.confidence_quality(shown, searcher.calibration, min_confidence)
-    fitted = None
-    if calibrate:
-        from search.confidence import fit
-
-        try:
-            calibration, fitted = fit(evaluation.calibration_samples(shown), source=f"{len(evaluation.results)} photos in {queries}")
-        except ValueError as exc:
-            raise BadInputError(f"cannot calibrate on {queries}: {exc}") from None
-        catalogue.update_metadata(calibration=calibration.to_metadata())
-        fitted["stored_in"] = collection
+        run = run_evaluation(searcher, queries, truth, options, ks=cutoffs, sweep=grid, calibrate=calibrate, progress=bar.update)
     if report:
         from search.report import write_report
 
-        write_report(evaluation, report, queries_dir=queries, shown_setting=shown, reference_images=searcher.reference_images())
+        write_report(run.evaluation, report, queries_dir=queries, shown_setting=run.shown, reference_images=searcher.reference_images())
         click.echo(f"Report written to {report}", err=True)
     if as_json:
-        data = evaluation.to_dict(top_k, shown=(shown, best.name))
-        data["best"] = {"setting": best.name, "alpha": best.alpha, "threshold": best.threshold}
-        data["collection"] = collection
-        data["models"] = [s.model for s in searcher.specs]
-        data["locate"] = searcher.localiser.name
-        data["confidence"] = confidence
-        data["calibrated"] = fitted
-        emit_json(data)
+        emit_json(run.to_dict(searcher))
         return
-    _print_evaluation(evaluation, collection, searcher, shown, best, sweep)
+    _print_evaluation(run.evaluation, collection, searcher, run.shown, run.best, sweep)
+    confidence, fitted = run.confidence, run.calibrated
     if confidence:
         click.echo(
             f"Confidence ({confidence['calibration']}): AUC {confidence['auc']:.3f} separating right top-1 answers "

@@ -25,7 +25,8 @@ import numpy as np
 from indexer.errors import BadInputError
 from indexer.images import IMAGE_SUFFIXES
 from search.confidence import DEFAULT_MIN_CONFIDENCE
-from search.query import Candidate, Match, QueryFeatures, Searcher, SearchOptions, rank
+from search.options import SearchOptions
+from search.query import Candidate, Match, QueryFeatures, Searcher, rank
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,67 @@ def evaluate(
     if not results:
         raise BadInputError(f"{queries_dir}: no photo with usable ground truth to evaluate ({len(skipped)} skipped)")
     return Evaluation(ks, settings, results, skipped, missing, time.perf_counter() - started)
+
+
+@dataclass
+class EvalRun:
+    """An evaluation as `search eval` reports it: the metrics, which setting is shown, the sweep's best,
+    how well the confidence separates right from wrong answers, and a calibration if one was fitted."""
+
+    evaluation: Evaluation
+    shown: str
+    best: Setting
+    confidence: dict | None
+    calibrated: dict | None
+    options: SearchOptions
+
+    def to_dict(self, searcher: Searcher) -> dict:
+        data = self.evaluation.to_dict(self.options.top_k, shown=(self.shown, self.best.name))
+        data["best"] = {"setting": self.best.name, "alpha": self.best.alpha, "threshold": self.best.threshold}
+        data["collection"] = searcher.catalogue.name
+        data["models"] = [s.model for s in searcher.specs]
+        data["locate"] = searcher.localiser.name
+        data["confidence"] = self.confidence
+        data["calibrated"] = self.calibrated
+        return data
+
+
+def run_evaluation(
+    searcher: Searcher,
+    queries_dir: Path,
+    truth: dict[str, list[str]],
+    options: SearchOptions,
+    *,
+    ks: tuple[int, ...] = (1, 5, 10),
+    sweep: tuple[Iterable[float], Iterable[float]] | None = None,
+    calibrate: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> EvalRun:
+    """Evaluate with `options` and, colour off, as the ablation; with `sweep` (alphas, thresholds) every pair
+    too. `calibrate` fits the confidence on these photos and stores it in the collection."""
+    settings = [Setting("cosine only", False, 0.0, options.threshold)]
+    if options.colour:
+        settings.append(Setting(f"colour alpha={options.alpha:g},threshold={options.threshold:g}", True, options.alpha, options.threshold))
+    grid = grid_settings(*sweep) if sweep else []
+    settings += [s for s in grid if (s.alpha, s.threshold) != (options.alpha, options.threshold) or not options.colour]
+    evaluation = evaluate(
+        searcher, queries_dir, truth, settings, candidates=options.candidates, top_k=options.top_k, ks=ks,
+        filters=options.filters, progress=progress,
+    )
+    shown = settings[1].name if options.colour else settings[0].name
+    best = evaluation.best([s for s in settings if s.colour] or settings)
+    confidence = evaluation.confidence_quality(shown, searcher.calibration, options.min_confidence)
+    calibrated = None
+    if calibrate:
+        from search.confidence import fit
+
+        try:
+            calibration, calibrated = fit(evaluation.calibration_samples(shown), source=f"{len(evaluation.results)} photos in {queries_dir}")
+        except ValueError as exc:
+            raise BadInputError(f"cannot calibrate on {queries_dir}: {exc}") from None
+        searcher.catalogue.update_metadata(calibration=calibration.to_metadata())
+        calibrated["stored_in"] = searcher.catalogue.name
+    return EvalRun(evaluation, shown, best, confidence, calibrated, options)
 
 
 def _ranking(everything: list[Candidate], features: QueryFeatures, options: SearchOptions, root: str | None) -> list[Match]:

@@ -25,26 +25,16 @@ from indexer.errors import BadInputError
 from indexer.images import load_rgb
 from indexer.store import Catalogue, Filters, Hit, ModelSpec
 from indexer.store.schema import CATEGORY, PATH, PRODUCT_ID
-from search.confidence import DEFAULT_MIN_CONFIDENCE, Calibration
+from search.confidence import Calibration
 from search.locate import Localiser, Region
-from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD, colour_bonus
+from search.options import SearchOptions
+from search.rescore import colour_bonus
 
 if TYPE_CHECKING:
     from PIL import Image
 
 #: Query photos decode at reduced JPEG scale down to this short side.
 QUERY_DECODE_SIDE = 768
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    top_k: int = 10
-    candidates: int = 100
-    alpha: float = DEFAULT_ALPHA
-    threshold: float = DEFAULT_THRESHOLD
-    colour: bool = True
-    filters: tuple[tuple[str, str], ...] = ()
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE
 
 
 @dataclass(frozen=True)
