@@ -11,6 +11,7 @@ from indexer.cli_common import (
     Commands,
     device_option,
     emit_json,
+    model_loading,
     open_catalogue,
     progress_bar,
     reports_errors,
@@ -77,7 +78,7 @@ def _parse_renames(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manifest_columns, id_pattern, reindex, dry_run, device, batch_size, workers, colours, quantization, on_disk, hnsw_threshold, as_json, quiet) -> None:
+def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manifest_columns, id_pattern, reindex, dry_run, device, runtime, batch_size, workers, colours, quantization, on_disk, hnsw_threshold, as_json, quiet) -> None:
     """Make the collection mirror the DAM folder DAM.
 
     Walks DAM recursively (.jpg .jpeg .png .webp), encodes new and changed
@@ -112,7 +113,7 @@ def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manife
 
     try:
         report = run_sync(
-            dam, sources, catalogue, model=model, reindex=reindex, dry_run=dry_run, device=device,
+            dam, sources, catalogue, model=model, reindex=reindex, dry_run=dry_run, **model_loading(device, runtime),
             batch_size=batch_size, workers=workers, colours=colours, storage=storage,
             on_plan=on_plan, progress=lambda n: bar.update(n) if bar else None, on_index=on_index,
         )

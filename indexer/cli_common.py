@@ -72,17 +72,29 @@ def store_options(command: Callable) -> Callable:
 
 
 def device_option(command: Callable) -> Callable:
-    """--device, checked for shape here (exit 2); whether it exists is checked when the model loads."""
+    """--device and --runtime; the device's shape is checked here (exit 2), whether it exists when the model loads."""
 
     def check(_ctx, _param, value: str) -> str:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
             raise click.BadParameter(f"{value!r}: use auto, cpu, cuda, cuda:N or mps")
         return value
 
+    command = click.option(
+        "--runtime", type=click.Choice(("auto", "torch", "onnx")), default="auto", show_default=True, envvar="CATALOGUE_RUNTIME",
+        help="auto: ONNX Runtime on the CPU (exported once into CATALOGUE_CACHE, ~/.cache/catalogue-indexer/onnx), "
+        "torch on a GPU [env CATALOGUE_RUNTIME].",
+    )(command)
     return click.option(
         "--device", default="auto", show_default=True, envvar="CATALOGUE_DEVICE", callback=check,
         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps [env CATALOGUE_DEVICE].",
     )(command)
+
+
+def model_loading(device: str, runtime: str) -> dict:
+    """How the commands load models: on the device asked for, through the runtime asked for, exports in the user cache."""
+    from indexer.encoders import default_cache_dir
+
+    return {"device": device, "runtime": runtime, "cache_dir": default_cache_dir()}
 
 
 def open_catalogue(qdrant_path: str | None, qdrant_url: str | None, collection: str, *, create: bool = False):

@@ -153,6 +153,17 @@ def _kmeans(pixels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarr
     return centres[keep], counts[keep] / counts.sum()
 
 
+def lab_to_hex(lab) -> str:
+    """A CIELAB (D65) colour as an sRGB '#rrggbb' for display (out-of-gamut colours clipped)."""
+    L, a, b = (float(v) for v in lab)
+    fy = (L + 16.0) / 116.0
+    f = np.array([fy + a / 500.0, fy, fy - b / 200.0])
+    xyz = np.where(f**3 > _EPSILON, f**3, (116.0 * f - 16.0) / _KAPPA) * _D65_WHITE
+    linear = np.clip(np.linalg.solve(_SRGB_TO_XYZ, xyz), 0.0, 1.0)
+    srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+    return "#" + "".join(f"{round(float(v) * 255):02x}" for v in np.clip(srgb, 0.0, 1.0))
+
+
 def lab_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """CIE76 delta E: Euclidean distance in CIELAB (broadcasts over leading axes)."""
     return np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), axis=-1)

@@ -100,6 +100,8 @@ def sync(
     reindex: bool = False,
     dry_run: bool = False,
     device: str = "auto",
+    runtime: str = "auto",
+    cache_dir: Path | None = None,
     batch_size: int | None = None,
     workers: int = 4,
     colours: int = 3,
@@ -117,6 +119,7 @@ def sync(
     on_disk, hnsw_threshold): a new collection takes them over the defaults,
     `reindex` over the collection's own; an existing collection refuses a
     change (settings are fixed when a collection is made).
+    `runtime` and `cache_dir` choose how models run (`indexer.encoders.load_encoder`).
     `on_plan(total)` is called once the number of images to read is known,
     `progress(n)` as they are done, `on_index(points)` before the engine
     builds its index.
@@ -154,7 +157,7 @@ def sync(
 
     encoders: list[Encoder] = []
     if plan.to_encode or reindex or not exists:
-        encoders = [encoder_loader(m, device=device, batch_size=batch_size) for m in wanted]
+        encoders = [encoder_loader(m, device=device, batch_size=batch_size, runtime=runtime, cache_dir=cache_dir) for m in wanted]
         specs = [e.spec for e in encoders]
         if reindex:
             catalogue.drop()

@@ -10,6 +10,7 @@ from indexer.cli_common import (
     Commands,
     device_option,
     emit_json,
+    model_loading,
     open_catalogue,
     reports_errors,
     store_options,
@@ -61,7 +62,7 @@ def ranking_options(command):
     return command
 
 
-def _searcher(catalogue, model, device, locate, detector, prompts, max_products):
+def _searcher(catalogue, model, device, runtime, locate, detector, prompts, max_products):
     from search.query import Searcher
 
     options: dict = {"max_regions": max_products}
@@ -73,7 +74,7 @@ def _searcher(catalogue, model, device, locate, detector, prompts, max_products)
             options["prompts"] = tuple(Prompt.parse(p) for p in prompts)
     elif detector or prompts:
         raise click.UsageError("--detector and --prompt only apply to --locate owlv2")
-    return Searcher(catalogue, model=model, device=device, localiser=locate, detector_options=options)
+    return Searcher(catalogue, model=model, localiser=locate, detector_options=options, **model_loading(device, runtime))
 
 
 def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence):
@@ -91,7 +92,7 @@ def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confid
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (a list, one entry per photo).")
 @reports_errors
-def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model, device, locate, detector, prompts, max_products, min_confidence, qdrant_path, qdrant_url, collection, as_json) -> None:
+def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model, device, runtime, locate, detector, prompts, max_products, min_confidence, qdrant_path, qdrant_url, collection, as_json) -> None:
     """Rank catalogue products for each photo in PHOTOS.
 
     Each row is a product with its best-matching catalogue image: final
@@ -110,7 +111,7 @@ def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model
     if len(missing) == len(photos):
         raise BadInputError(f"{missing[0]}: no such file")
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
-    searcher = _searcher(catalogue, model, device, locate, detector, prompts, max_products)
+    searcher = _searcher(catalogue, model, device, runtime, locate, detector, prompts, max_products)
     results, failures = [], 0
     for photo in photos:
         try:
@@ -169,7 +170,7 @@ def _floats(value: str, name: str) -> list[float]:
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON, per-query ranks included.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_colour, filters, model, device, locate, detector, prompts, max_products, min_confidence, ks, sweep, alphas, thresholds, report, calibrate, qdrant_path, qdrant_url, collection, as_json, quiet) -> None:
+def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_colour, filters, model, device, runtime, locate, detector, prompts, max_products, min_confidence, ks, sweep, alphas, thresholds, report, calibrate, qdrant_path, qdrant_url, collection, as_json, quiet) -> None:
     """Measure how well search names the products in labelled photos.
 
     Every photo in --queries with a row in --ground-truth goes through the
@@ -191,7 +192,7 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
         raise click.BadParameter("give at least one k >= 1", param_hint="--k")
     grid = (_floats(alphas, "--alphas"), _floats(thresholds, "--thresholds")) if sweep else None
     truth = read_ground_truth(ground_truth)
-    searcher = _searcher(open_catalogue(qdrant_path, qdrant_url, collection), model, device, locate, detector, prompts, max_products)
+    searcher = _searcher(open_catalogue(qdrant_path, qdrant_url, collection), model, device, runtime, locate, detector, prompts, max_products)
     photos = sum(1 for name in query_photos(queries) if name in truth)
     with progress_bar(photos, "evaluating", enabled=not quiet) as bar:
         run = run_evaluation(searcher, queries, truth, options, ks=cutoffs, sweep=grid, calibrate=calibrate, progress=bar.update)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.colour import Palette, extract_palette, lab_distance
+from indexer.colour import Palette, extract_palette, lab_distance, lab_to_hex
 from indexer.encoders import Encoder, l2_normalise, load_encoder, model_id_for
-from indexer.errors import BadInputError
+from indexer.errors import BadInputError, OptionError
 from indexer.images import load_rgb
 from indexer.store import Catalogue, Filters, Hit, ModelSpec
 from indexer.store.schema import CATEGORY, PATH, PRODUCT_ID
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 #: Query photos decode at reduced JPEG scale down to this short side.
 QUERY_DECODE_SIDE = 768
+LOCALISERS = ("centre", "none", "proposals", "owlv2")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Match:
     path: str
     image: str | None  # absolute path of the reference image, when the DAM root is known
     category: str | None = None
+    point_id: str | None = None  # the reference image's point (GET /v1/images/POINT_ID serves it)
+    colour: np.ndarray | None = None  # the reference image's dominant colour, CIELAB
 
     def to_dict(self) -> dict:
         return {
@@ -82,6 +85,11 @@ class Match:
             "path": self.path,
             "image": self.image,
             "category": self.category,
+            "point_id": self.point_id,
+            "colour": None if self.colour is None else {
+                "L": round(float(self.colour[0]), 2), "a": round(float(self.colour[1]), 2), "b": round(float(self.colour[2]), 2),
+                "hex": lab_to_hex(self.colour),
+            },
         }
 
 
@@ -89,16 +97,16 @@ class Match:
 class Group:
     """The ranked products for one located product, and how sure the first one is."""
 
-    region: Region
+    region: Region | None  # None for a text query
     matches: list[Match]
     confidence: float | None = None
     confident: bool = True
 
     def to_dict(self) -> dict:
         return {
-            "box": list(self.region.box),
-            "label": self.region.label,
-            "region_score": round(self.region.score, 4),
+            "box": None if self.region is None else list(self.region.box),
+            "label": None if self.region is None else self.region.label,
+            "region_score": None if self.region is None else round(self.region.score, 4),
             "confidence": None if self.confidence is None else round(self.confidence, 4),
             "confident": self.confident,
             "matches": [m.to_dict() for m in self.matches],
@@ -140,6 +148,8 @@ class Searcher:
         localiser: str | Localiser = "centre",
         encoder_loader: Callable[..., Encoder] = load_encoder,
         detector_options: dict | None = None,
+        runtime: str = "auto",
+        cache_dir: Path | None = None,
     ):
         if not catalogue.exists():
             raise BadInputError(
@@ -153,37 +163,48 @@ class Searcher:
         metadata = catalogue.metadata()
         self.root = metadata.get("root")
         self.calibration = Calibration.from_metadata(metadata.get("calibration"))
-        self.encoders = [encoder_loader(spec.model, device=device) for spec in recorded]
+        self.encoders = [encoder_loader(spec.model, device=device, runtime=runtime, cache_dir=cache_dir) for spec in recorded]
         catalogue.check_models(wanted, loaded=[e.spec for e in self.encoders])
-        self.localiser = localiser if isinstance(localiser, Localiser) else self._localiser(localiser, device, detector_options or {})
+        self._device = device
+        self._detector_options = detector_options or {}
+        self._localisers: dict[str, Localiser] = {}
+        self.localiser = localiser if isinstance(localiser, Localiser) else self.localiser_named(localiser)
 
-    def _localiser(self, name: str, device: str, detector_options: dict) -> Localiser:
+    def localiser_named(self, name: str) -> Localiser:
+        """The localiser called `name` (built once; the OWLv2 detector loads its model on first use)."""
         from search import locate
 
-        if name == "centre":
-            return locate.CentreViews()
-        if name == "none":
-            return locate.WholePhoto()
-        if name == "proposals":
-            return locate.CropProposals(self._productness, max_regions=detector_options.get("max_regions", 5))
-        if name == "owlv2":
-            from indexer.encoders import resolve_device
-            from search.detect import OwlDetector
+        if name not in self._localisers:
+            if name == "centre":
+                self._localisers[name] = locate.CentreViews()
+            elif name == "none":
+                self._localisers[name] = locate.WholePhoto()
+            elif name == "proposals":
+                self._localisers[name] = locate.CropProposals(self._productness, max_regions=self._detector_options.get("max_regions", 5))
+            elif name == "owlv2":
+                from indexer.encoders import resolve_device
+                from search.detect import OwlDetector
 
-            return OwlDetector(device=resolve_device(device), **detector_options)
-        raise BadInputError(f"unknown localiser {name!r}; choose one of centre, none, proposals, owlv2")
+                options = {k: v for k, v in self._detector_options.items() if k != "max_regions"}
+                self._localisers[name] = OwlDetector(device=resolve_device(self._device), max_regions=self._detector_options.get("max_regions", 5), **options)
+            else:
+                raise OptionError(f"locate {name!r}: choose one of {', '.join(LOCALISERS)}")
+        return self._localisers[name]
 
     # -- features -------------------------------------------------------------
 
-    def features(self, image: Image.Image, timings: dict[str, float] | None = None) -> list[QueryFeatures]:
+    def features(
+        self, image: Image.Image, timings: dict[str, float] | None = None, localiser: Localiser | None = None
+    ) -> list[QueryFeatures]:
         """One QueryFeatures per located product, most likely first; stage times are added to `timings`."""
         from search.foreground import on_white, product_mask
 
+        localiser = localiser or self.localiser
         timings = timings if timings is not None else {}
         for stage in ("locate", "cutout", "embed", "colour"):
             timings.setdefault(stage, 0.0)
         t = time.perf_counter()
-        regions = self.localiser.locate(image)
+        regions = localiser.locate(image)
         timings["locate"] = time.perf_counter() - t
         found = []
         for region in regions:
@@ -202,7 +223,7 @@ class Searcher:
             timings["cutout"] += t1 - t0
             timings["embed"] += t2 - t1
             timings["colour"] += t3 - t2
-            category = self.localiser.category_of(region.label)
+            category = localiser.category_of(region.label)
             found.append(QueryFeatures(region=region, vectors=vectors, palette=palette, category=category))
         return found
 
@@ -240,12 +261,18 @@ class Searcher:
         found.sort(key=lambda c: (-c.cosine, c.product_id, c.path))  # ties (identical photos) in a fixed order
         return found[:limit]
 
-    def search_image(self, image: Image.Image, options: SearchOptions, *, query: str = "image") -> SearchResult:
-        """Ranked products for each located product in an RGB image already in memory."""
+    def search_image(
+        self, image: Image.Image, options: SearchOptions, *, query: str = "image", locate: str | None = None
+    ) -> SearchResult:
+        """Ranked products for each located product in an RGB image already in memory.
+
+        `locate` names another localiser than the searcher's default for this search only.
+        Safe to call from several threads at once: nothing here keeps per-search state.
+        """
         timings: dict[str, float] = {}
         groups = []
         t = time.perf_counter()
-        all_features = self.features(image, timings)
+        all_features = self.features(image, timings, self.localiser_named(locate) if locate else None)
         timings["features"] = time.perf_counter() - t
         timings["query"] = timings["rank"] = 0.0
         for features in all_features:
@@ -259,17 +286,47 @@ class Searcher:
         timings["total"] = time.perf_counter() - t
         return SearchResult(query=query, groups=_distinct_groups(groups), timings=timings)
 
+    def text_model(self) -> int | None:
+        """Index of the first encoder whose model has a text tower (CLIP family), or None."""
+        from indexer.encoders import OFFLINE_MODELS
+
+        return next((i for i, spec in enumerate(self.specs) if spec.model not in OFFLINE_MODELS), None)
+
+    def search_text(self, text: str, options: SearchOptions, text_encoder) -> SearchResult:
+        """Products whose catalogue images match `text` (cosine in the CLIP space; no colour, no confidence)."""
+        index = self.text_model()
+        if index is None:
+            raise OptionError(
+                f"text search needs a model with a text tower (a CLIP model such as patrickjohncyh/fashion-clip); "
+                f"this collection holds {', '.join(s.model for s in self.specs)}"
+            )
+        t = time.perf_counter()
+        vector = text_encoder.embed_texts([text])[0]
+        embedded = time.perf_counter() - t
+        hits = self.catalogue.nearest(vector, self.specs[index].vector, options.candidates, options.filters)
+        found = [_candidate(hit, hit.score) for hit in hits]
+        found.sort(key=lambda c: (-c.cosine, c.product_id, c.path))
+        ranked = rank(found, None, replace(options, colour=False), root=self.root)
+        timings = {"embed": embedded, "query": time.perf_counter() - t - embedded, "total": time.perf_counter() - t}
+        return SearchResult(query=text, groups=[Group(None, ranked, confidence=None, confident=False)], timings=timings)
+
     def group(self, region: Region, ranked: list[Match], options: SearchOptions) -> Group:
         """A located product's group; `ranked` holds at least its two best products, for the margin."""
         confidence = self.calibration.confidence([m.score for m in ranked])
         confident = confidence is not None and confidence >= options.min_confidence
         return Group(region, ranked[: options.top_k], confidence=confidence, confident=confident)
 
-    def search_file(self, path: str | Path, options: SearchOptions) -> SearchResult:
+    def search_file(self, path: str | Path, options: SearchOptions, *, locate: str | None = None) -> SearchResult:
+        return self.search_bytes_or_path(path, options, query=str(path), locate=locate)
+
+    def search_bytes_or_path(
+        self, source: str | Path | bytes, options: SearchOptions, *, query: str, locate: str | None = None
+    ) -> SearchResult:
+        """Decode a photo (a path or the bytes of an upload) and search it, timing the decode too."""
         t0 = time.perf_counter()
-        image = load_rgb(path, draft=QUERY_DECODE_SIDE)
+        image = load_rgb(source, name=query, draft=QUERY_DECODE_SIDE)
         decoded = time.perf_counter() - t0
-        result = self.search_image(image, options, query=str(path))
+        result = self.search_image(image, options, query=query, locate=locate)
         result.timings = {"decode": decoded, **result.timings, "total": time.perf_counter() - t0}
         return result
 
@@ -292,11 +349,11 @@ def _candidate(hit: Hit, cosine: float) -> Candidate:
     )
 
 
-def rank(candidates: list[Candidate], palette: Palette, options: SearchOptions, *, root: str | None = None) -> list[Match]:
-    """Colour re-scoring, then one row per product (its best image), best first."""
+def rank(candidates: list[Candidate], palette: Palette | None, options: SearchOptions, *, root: str | None = None) -> list[Match]:
+    """Colour re-scoring (none without a query palette), then one row per product (its best image), best first."""
     scored = []
     for c in candidates:
-        distance = float(lab_distance(palette.dominant, c.dominant_lab)) if c.dominant_lab is not None else None
+        distance = float(lab_distance(palette.dominant, c.dominant_lab)) if c.dominant_lab is not None and palette is not None else None
         bonus = (
             float(colour_bonus(distance, options.alpha, options.threshold))
             if options.colour and distance is not None
@@ -319,6 +376,8 @@ def rank(candidates: list[Candidate], palette: Palette, options: SearchOptions, 
             path=c.path,
             image=str(Path(root) / c.path) if root else None,
             category=c.category,
+            point_id=c.point_id,
+            colour=c.dominant_lab,
         )
         for i, (score, bonus, distance, c) in enumerate(rows)
     ]

@@ -26,6 +26,19 @@ DATA = Path(__file__).parent / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """One ONNX export cache for the session (not the user's): each test model is exported once."""
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    previous = os.environ.get("CATALOGUE_CACHE")
+    os.environ["CATALOGUE_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("CATALOGUE_CACHE", None)
+    else:
+        os.environ["CATALOGUE_CACHE"] = previous
+
+
 def _save_tiny_clip(folder: Path, projection_dim: int, seed: int) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel

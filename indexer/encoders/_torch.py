@@ -1,4 +1,8 @@
-"""What every torch backbone shares: device placement, half precision on GPUs, inference mode."""
+"""What every torch backbone shares: device placement, half precision on GPUs, inference mode.
+
+Importing this module imports torch; the encoder modules import it only when
+a model is loaded, so the ONNX path can read their classes without torch.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,19 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
+
+class Features(torch.nn.Module):
+    """A backbone's pixels -> features as one module: what `run` calls and what an ONNX export traces,
+    so the exported graph is the network the torch encoder runs, not a copy of its code."""
+
+    def __init__(self, model: torch.nn.Module, features: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self._features = features
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._features(self.model, pixels)
 
 
 def inference_dtype(device: str) -> torch.dtype:

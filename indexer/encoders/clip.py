@@ -2,7 +2,9 @@
 
 Only the vision encoder and its projection are loaded, and the image
 processor comes from the same checkpoint, so preprocessing cannot drift from
-what the weights were trained with.
+what the weights were trained with. `recipe` writes that processor's
+settings down for the ONNX runtime, which repeats them without transformers
+(`pixels.ClipPixels`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from indexer.encoders import Encoder, _torch
+from indexer.encoders import Encoder
+from indexer.encoders.pixels import ClipPixels
 from indexer.errors import ModelLoadError, first_line
 
 
@@ -22,6 +25,8 @@ class CLIPEncoder(Encoder):
             CLIPVisionConfig,
             CLIPVisionModelWithProjection,
         )
+
+        from indexer.encoders import _torch
 
         # The text tower's weights are unused on purpose; loading bars would garble our own progress.
         transformers.logging.set_verbosity_error()
@@ -48,14 +53,25 @@ class CLIPEncoder(Encoder):
         self.model_id = name_or_path
         self.device = device
         self.dim = int(vision_config.projection_dim)
-        self._model = _torch.prepare(model, device)
+        self.network = _torch.prepare(_torch.Features(model, _image_embeds), device)
+
+    @property
+    def recipe(self) -> ClipPixels:
+        """This checkpoint's preprocessing for runtimes without transformers (ValueError if it cannot be written so)."""
+        return ClipPixels.from_processor(self._processor)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         pixels = self._processor(images=image, return_tensors="np")["pixel_values"]
         return pixels[0].astype(np.float32)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        return _torch.run(lambda x: self._model(pixel_values=x).image_embeds, batch, self.device)
+        from indexer.encoders import _torch
+
+        return _torch.run(self.network, batch, self.device)
+
+
+def _image_embeds(model, pixels):
+    return model(pixel_values=pixels).image_embeds
 
 
 def _image_processor_class():

@@ -20,12 +20,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from indexer.encoders import Encoder, _torch
+from indexer.encoders import Encoder
+from indexer.encoders.pixels import CentreSquare
 from indexer.errors import ModelLoadError
 
 _IMAGE_SIZE = {"efficientnet-lite0": 224, "efficientnet-lite2": 260}
-_MEAN = 127.0
-_STD = 128.0
 
 
 def weights_path(name: str) -> str:
@@ -87,25 +86,25 @@ class EfficientNetLiteEncoder(Encoder):
     revision = 2  # 1 trimmed the catalogue shot's edges like the ImageNet reference
 
     def __init__(self, name: str, *, device: str = "cpu"):
+        from indexer.encoders import _torch
+
         if name not in _IMAGE_SIZE:
             raise ModelLoadError(f"unknown offline model {name!r}; choose one of {', '.join(_IMAGE_SIZE)}")
         self.model_id = name
         self.device = device
         self.dim = 1280
         self.image_size = _IMAGE_SIZE[name]
-        self._model = _torch.prepare(fuse_batch_norms(build_reference(name)), device)
+        self.recipe = CentreSquare(self.image_size)
+        self.network = _torch.prepare(_torch.Features(fuse_batch_norms(build_reference(name)), _pooled_features), device)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        width, height = image.size
-        crop = min(width, height)
-        left, top = (width - crop) / 2, (height - crop) / 2
-        resized = image.resize(
-            (self.image_size, self.image_size),
-            Image.Resampling.BICUBIC,
-            box=(left, top, left + crop, top + crop),
-        )
-        pixels = np.asarray(resized, dtype=np.float32)
-        return ((pixels - _MEAN) / _STD).transpose(2, 0, 1)
+        return self.recipe(image)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        return _torch.run(lambda x: self._model.extract_features(x).mean(dim=(2, 3)), batch, self.device)
+        from indexer.encoders import _torch
+
+        return _torch.run(self.network, batch, self.device)
+
+
+def _pooled_features(model, pixels):
+    return model.extract_features(pixels).mean(dim=(2, 3))
