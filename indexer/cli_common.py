@@ -134,6 +134,19 @@ def reports_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux; None elsewhere): what start-up cost before our code ran."""
+    import os
+
+    try:
+        stat = open("/proc/self/stat").read()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 

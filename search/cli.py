@@ -91,8 +91,9 @@ def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confid
 @ranking_options
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (a list, one entry per photo).")
+@click.option("-v", "--verbose", is_flag=True, help="Also print where the time went (start-up, store, models, each stage) on stderr.")
 @reports_errors
-def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model, device, runtime, locate, detector, prompts, max_products, min_confidence, qdrant_path, qdrant_url, collection, as_json) -> None:
+def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model, device, runtime, locate, detector, prompts, max_products, min_confidence, qdrant_path, qdrant_url, collection, as_json, verbose) -> None:
     """Rank catalogue products for each photo in PHOTOS.
 
     Each row is a product with its best-matching catalogue image: final
@@ -104,14 +105,20 @@ def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model
     Exit codes: 0 done, 3 a photo is missing or not an image (the others are
     still searched), 4 store unavailable, 5 model mismatch.
     """
+    import time
+
+    from indexer.cli_common import process_age
     from indexer.errors import BadInputError
 
+    started, t0 = process_age(), time.perf_counter()
     options = _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence)
     missing = [p for p in photos if not p.is_file()]
     if len(missing) == len(photos):
         raise BadInputError(f"{missing[0]}: no such file")
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
+    t1 = time.perf_counter()
     searcher = _searcher(catalogue, model, device, runtime, locate, detector, prompts, max_products)
+    t2 = time.perf_counter()
     results, failures = [], 0
     for photo in photos:
         try:
@@ -124,6 +131,19 @@ def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model
     else:
         for result in results:
             _print_result(result, options, multiple=len(photos) > 1)
+    if verbose:
+        stages = {}
+        for result in results:
+            for stage, seconds in result.timings.items():
+                stages[stage] = stages.get(stage, 0.0) + seconds
+        photos_seconds = stages.pop("total", 0.0)
+        click.echo(
+            (f"start-up (interpreter, imports) {started:.2f} s, " if started is not None else "")
+            + f"store {t1 - t0:.2f} s, models {t2 - t1:.2f} s, {len(results)} photo(s) {photos_seconds:.2f} s ("
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.items() if k != "features")
+            + f"), process so far {(started or 0.0) + time.perf_counter() - t0:.2f} s",
+            err=True,
+        )
     if failures:
         raise SystemExit(BadInputError.exit_code)
 

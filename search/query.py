@@ -165,6 +165,7 @@ class Searcher:
         self.calibration = Calibration.from_metadata(metadata.get("calibration"))
         self.encoders = [encoder_loader(spec.model, device=device, runtime=runtime, cache_dir=cache_dir) for spec in recorded]
         catalogue.check_models(wanted, loaded=[e.spec for e in self.encoders])
+        self.images = catalogue.count()  # opens the collection now: the first search pays only for itself
         self._device = device
         self._detector_options = detector_options or {}
         self._localisers: dict[str, Localiser] = {}

@@ -74,3 +74,27 @@ def test_dark_studio_backdrops_are_removed_too():
     L, a, b = palette.dominant
     assert L > 50 and a < -8 and b > 5
     assert palette.foreground_share < 0.3
+
+
+def test_palette_clustering_equals_scipys_kmeans2_on_real_catalogue_shots():
+    """The numpy k-means (kept off the search path's start-up) gives kmeans2's clusters and weights exactly."""
+    import warnings
+
+    from scipy.cluster.vq import kmeans2
+
+    from indexer.colour import ANALYSIS_SIZE, _kmeans
+
+    paths = sorted((DATA / "dam").glob("*.jpeg")) + sorted((DATA / "catalogue").glob("*.jpeg"))
+    assert len(paths) > 30
+    for path in paths:
+        small = load_rgb(path)
+        small.thumbnail((ANALYSIS_SIZE, ANALYSIS_SIZE), Image.Resampling.BILINEAR)
+        lab = srgb_to_lab(np.asarray(small))
+        pixels = lab[foreground_mask(lab)]
+        ours, weights = _kmeans(pixels, 3, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs, labels = kmeans2(pixels, 3, iter=20, minit="++", seed=0)
+        counts = np.bincount(labels, minlength=3)
+        assert np.allclose(ours, theirs[counts > 0], atol=1e-9), path.name
+        assert np.allclose(weights, counts[counts > 0] / counts.sum()), path.name

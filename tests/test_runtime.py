@@ -201,3 +201,18 @@ def test_runtime_choices_are_checked(tiny_clip, tmp_path):
         load_encoder(tiny_clip, device="cpu", runtime="onnx")
     # No cache folder: torch, as before the ONNX runtime existed.
     assert not isinstance(load_encoder(tiny_clip, device="cpu", batch_size=3), OnnxEncoder)
+
+
+def test_search_image_process_imports_no_torch_transformers_or_scipy(synced, dam, store):
+    """What a `search image` process pays at start-up: the exported models, not torch (1.4 s) or scipy's clustering."""
+    script = (
+        "import sys\n"
+        "from search.cli import main\n"
+        f"sys.argv = ['search', 'image', {str(dam / 'generated' / 'RED-BAG.png')!r}, '--qdrant-path', {store!r}, '--json']\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'scipy.cluster', 'scipy.ndimage', 'sklearn', 'qdrant_client') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
