@@ -62,9 +62,7 @@ def ranking_options(command):
     return command
 
 
-def _searcher(catalogue, model, device, runtime, locate, detector, prompts, max_products):
-    from search.query import Searcher
-
+def _detector_options(locate, detector, prompts, max_products) -> dict:
     options: dict = {"max_regions": max_products}
     if locate == "owlv2":
         from search.detect import DEFAULT_DETECTOR, Prompt
@@ -74,6 +72,13 @@ def _searcher(catalogue, model, device, runtime, locate, detector, prompts, max_
             options["prompts"] = tuple(Prompt.parse(p) for p in prompts)
     elif detector or prompts:
         raise click.UsageError("--detector and --prompt only apply to --locate owlv2")
+    return options
+
+
+def _searcher(catalogue, model, device, runtime, locate, detector, prompts, max_products):
+    from search.query import Searcher
+
+    options = _detector_options(locate, detector, prompts, max_products)
     return Searcher(catalogue, model=model, localiser=locate, detector_options=options, **model_loading(device, runtime))
 
 
@@ -265,6 +270,108 @@ def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> N
         click.echo(f"skipped: {query}: {why}", err=True)
     for query, reference in evaluation.missing_references:
         click.echo(f"missing reference: {query}: {reference} is not in the collection", err=True)
+
+
+@main.command()
+@click.argument("text")
+@click.option("--top-k", type=int, default=10, show_default=True, help="Products to return.")
+@click.option("--candidates", type=int, default=100, show_default=True, help="Nearest catalogue images looked at.")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Payload filter, e.g. category='W Bags'. Repeatable.")
+@click.option("--model", envvar=MODEL_ENV_VAR, help=f"Must match the collection's model [env {MODEL_ENV_VAR}].")
+@device_option
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (the shape of one `search image --json` entry).")
+@reports_errors
+def text(text, top_k, candidates, filters, model, device, runtime, qdrant_path, qdrant_url, collection, as_json) -> None:
+    """Find catalogue products from a description, e.g. search text "black saddle bag".
+
+    Needs a model with a text tower (FashionCLIP and other CLIP models): the
+    text and the catalogue images are compared in CLIP's shared space. Scores
+    are cosines, lower than photo-to-photo ones; no colour, no confidence.
+
+    \b
+    Exit codes: 0 done, 2 bad option or a model without a text tower,
+    4 store unavailable, 6 model cannot be loaded.
+    """
+    from indexer.encoders import load_text_encoder
+    from search.options import make_options
+
+    options = make_options(top_k=top_k, candidates=candidates, filters=filters, colour=False)
+    if not text.strip():
+        raise click.BadParameter("give some words to look for", param_hint="TEXT")
+    searcher = _searcher(open_catalogue(qdrant_path, qdrant_url, collection), model, device, runtime, "none", None, (), 1)
+    index = searcher.text_model()
+    encoder = load_text_encoder(searcher.specs[index].model, device=device) if index is not None else None
+    result = searcher.search_text(text.strip(), options, encoder)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    matches = result.matches
+    if not matches:
+        click.echo("no product matches (check --filter and the collection)")
+        return
+    rows = [(m.rank, m.product_id, m.category or "", m.cosine, m.image or m.path) for m in matches]
+    click.echo(table(("rank", "product", "category", "cosine", "reference image"), rows, align="rllrl"))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="CATALOGUE_HOST", help="Address to listen on; 0.0.0.0 for every interface [env CATALOGUE_HOST].")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, envvar="CATALOGUE_PORT", help="Port [env CATALOGUE_PORT].")
+@click.option("--model", envvar=MODEL_ENV_VAR, help=f"Must match the collection's model; default: the collection's [env {MODEL_ENV_VAR}].")
+@device_option
+@click.option("--locate", type=click.Choice(["centre", "none", "proposals", "owlv2"]), default="centre", show_default=True, envvar="CATALOGUE_LOCATE", help="Default localiser; a request may ask for centre, none or proposals.")
+@click.option("--detector", default=None, metavar="ID_OR_PATH", help="OWLv2 checkpoint for --locate owlv2.")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT[=CATEGORY]", help="What --locate owlv2 looks for. Repeatable.")
+@click.option("--max-products", type=click.IntRange(1), default=5, show_default=True, help="Most products reported per photo by proposals/owlv2.")
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True, envvar="CATALOGUE_WORKERS", help="Searches run at once (their model forwards are batched together).")
+@click.option("--queue", type=click.IntRange(0, 10_000), default=16, show_default=True, envvar="CATALOGUE_QUEUE", help="Searches waiting beyond the workers; past that, 503 with Retry-After at once.")
+@click.option("--max-batch", type=click.IntRange(1, 512), default=32, show_default=True, help="Most images in one shared model forward.")
+@click.option("--batch-wait-ms", type=click.FloatRange(0, 100), default=2.0, show_default=True, help="How long a forward waits for other searches to join it.")
+@click.option("--max-upload-mb", type=click.FloatRange(0.01, 1024), default=25.0, show_default=True, envvar="CATALOGUE_MAX_UPLOAD_MB", help="Largest photo accepted (413 beyond) [env CATALOGUE_MAX_UPLOAD_MB].")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Allow pages from this origin to call the API (off by default). Repeatable.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key (PEM).")
+@click.option("--watch", type=click.Path(path_type=Path, file_okay=False), default=None, help="Keep the collection in sync with this DAM folder while serving (new, changed and deleted images within seconds).")
+@click.option("--watch-interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True, help="Seconds between looks at the --watch folder.")
+@store_options
+@reports_errors
+def serve(host, port, model, device, runtime, locate, detector, prompts, max_products, workers, queue, max_batch, batch_wait_ms, max_upload_mb, cors_origins, tls_cert, tls_key, watch, watch_interval, qdrant_path, qdrant_url, collection) -> None:
+    """Serve search over HTTP: a JSON API and a page for store staff at /.
+
+    Loads the models and opens the store once; answers /healthz at once and
+    /readyz when ready. Protect it with CATALOGUE_API_KEY (clients send
+    'Authorization: Bearer KEY'); the page asks for the key once.
+
+    \b
+    Examples:
+      search serve --qdrant-path ./store                 # then open http://127.0.0.1:8000/
+      search serve --host 0.0.0.0 --tls-cert c.pem --tls-key k.pem
+      search serve --watch ./dam                         # sync changes while serving
+      curl -F image=@shelf.jpg http://127.0.0.1:8000/v1/search
+
+    \b
+    Exit codes: 0 stopped, 2 bad option, 3/4/5/6 as for search image when
+    the store or the models cannot be loaded.
+    """
+    import os
+
+    from search.serve import ServeConfig, run
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("give --tls-cert and --tls-key together")
+    if qdrant_path and qdrant_url:
+        raise click.UsageError("give --qdrant-path or --qdrant-url, not both")
+    detector_options = _detector_options(locate, detector, prompts, max_products)
+    config = ServeConfig(
+        qdrant_path=qdrant_path, qdrant_url=qdrant_url, api_key=os.environ.get("QDRANT_API_KEY") or None, collection=collection,
+        model=model, model_loading=model_loading(device, runtime), locate=locate, detector_options=detector_options,
+        workers=workers, queue=queue, max_batch=max_batch, batch_wait=batch_wait_ms / 1000, watch=watch, watch_interval=watch_interval,
+    )
+    code = run(
+        config, host=host, port=port, api_key=os.environ.get("CATALOGUE_API_KEY") or None, max_upload_mb=max_upload_mb,
+        cors_origins=cors_origins, tls_cert=tls_cert, tls_key=tls_key,
+    )
+    raise SystemExit(code)
 
 
 @main.command()

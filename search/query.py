@@ -118,6 +118,7 @@ class SearchResult:
     query: str
     groups: list[Group]
     timings: dict[str, float] = field(default_factory=dict)
+    size: tuple[int, int] | None = None  # the photo as decoded (upright): what the boxes refer to
 
     @property
     def matches(self) -> list[Match]:
@@ -128,6 +129,8 @@ class SearchResult:
         first = self.groups[0] if self.groups else None
         return {
             "query": self.query,
+            "width": self.size[0] if self.size else None,
+            "height": self.size[1] if self.size else None,
             "confidence": None if first is None or first.confidence is None else round(first.confidence, 4),
             "confident": bool(first and first.confident),
             "matches": [m.to_dict() for m in self.matches],
@@ -285,7 +288,7 @@ class Searcher:
             timings["query"] += t1 - t0
             timings["rank"] += time.perf_counter() - t1
         timings["total"] = time.perf_counter() - t
-        return SearchResult(query=query, groups=_distinct_groups(groups), timings=timings)
+        return SearchResult(query=query, groups=_distinct_groups(groups), timings=timings, size=image.size)
 
     def text_model(self) -> int | None:
         """Index of the first encoder whose model has a text tower (CLIP family), or None."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,32 @@ def tiny_clip(tmp_path_factory) -> str:
 def other_clip(tmp_path_factory) -> str:
     """A second, different checkpoint (24-d): for model-mismatch tests."""
     return str(_save_tiny_clip(tmp_path_factory.mktemp("other-clip"), projection_dim=24, seed=1))
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A CLIP BPE tokenizer: letters, end-of-word letters, four merges (red, bag) and the two special tokens."""
+    vocab = {c: i for i, c in enumerate(string.ascii_lowercase)}
+    vocab |= {f"{c}</w>": 26 + i for i, c in enumerate(string.ascii_lowercase)}
+    merges = ["r e", "re d</w>", "b a", "ba g</w>"]
+    for merge in merges:
+        vocab["".join(merge.split())] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    # The text tower pools at the end-of-text token: the config must name this vocabulary's.
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"] |= {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+                              "pad_token_id": vocab["<|endoftext|>"]}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="session")
+def clip_with_tokenizer(tiny_clip, tmp_path_factory) -> str:
+    """The tiny CLIP with a real (tiny) CLIP tokenizer: a model with a text tower."""
+    folder = Path(shutil.copytree(tiny_clip, tmp_path_factory.mktemp("clip") / "checkpoint"))
+    write_tokenizer(folder)
+    return str(folder)
 
 
 def studio_shot(path: Path, colour: tuple[int, int, int], shape: str = "ellipse", size: int = 128) -> Path:

@@ -7,9 +7,7 @@ it through the production path (`AutoTokenizer.from_pretrained`).
 
 from __future__ import annotations
 
-import json
 import shutil
-import string
 from pathlib import Path
 
 import numpy as np
@@ -21,31 +19,6 @@ from indexer.errors import ModelLoadError
 from indexer.images import load_rgb
 
 TEXTS = ["red bag", "a red bag", "bag", "xyz", "a bag " * 20]  # the last one is longer than the tower's 32 positions
-
-
-def write_tokenizer(folder: Path) -> None:
-    """A CLIP BPE tokenizer: letters, end-of-word letters, four merges (red, bag) and the two special tokens."""
-    vocab = {c: i for i, c in enumerate(string.ascii_lowercase)}
-    vocab |= {f"{c}</w>": 26 + i for i, c in enumerate(string.ascii_lowercase)}
-    merges = ["r e", "re d</w>", "b a", "ba g</w>"]
-    for merge in merges:
-        vocab["".join(merge.split())] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    # The text tower pools at the end-of-text token: the config must name this vocabulary's.
-    config = json.loads((folder / "config.json").read_text())
-    config["text_config"] |= {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-                              "pad_token_id": vocab["<|endoftext|>"]}
-    (folder / "config.json").write_text(json.dumps(config))
-
-
-@pytest.fixture(scope="module")
-def clip_with_tokenizer(tiny_clip, tmp_path_factory) -> str:
-    folder = Path(shutil.copytree(tiny_clip, tmp_path_factory.mktemp("clip") / "checkpoint"))
-    write_tokenizer(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

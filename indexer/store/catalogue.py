@@ -58,6 +58,14 @@ class Catalogue(ABC):
     def count(self, filters: Filters = ()) -> int: ...
 
     @abstractmethod
+    def retrieve(self, point_ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict]:
+        """Payload fields of these points, by id (missing points are absent)."""
+
+    @abstractmethod
+    def facet(self, key: str, limit: int = 1000) -> dict[str, int]:
+        """The values of a keyword payload field and how many points hold each, most frequent first."""
+
+    @abstractmethod
     def upsert(self, points: Sequence[Point]) -> None: ...
 
     @abstractmethod

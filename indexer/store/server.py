@@ -171,7 +171,7 @@ class ServerCatalogue(Catalogue):
                 metadata={METADATA_KEY: record},
             )
             for field in INDEXED_FIELDS:
-                self._client.create_payload_index(self.name, field, qm.PayloadSchemaType.KEYWORD)
+                self._client.create_payload_index(self.name, field, qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, on_disk=True))
 
     def drop(self) -> None:
         with self._errors(f"deleting collection {self.name!r}"):
@@ -196,6 +196,18 @@ class ServerCatalogue(Catalogue):
             return 0
         with self._errors(f"counting collection {self.name!r}"):
             return self._client.count(self.name, count_filter=_filter(filters), exact=True).count
+
+    def retrieve(self, point_ids, fields) -> dict[str, dict]:
+        if not point_ids:
+            return {}
+        with self._errors(f"reading collection {self.name!r}"):
+            records = self._client.retrieve(self.name, ids=list(point_ids), with_payload=list(fields), with_vectors=False)
+        return {str(r.id): r.payload or {} for r in records}
+
+    def facet(self, key, limit=1000) -> dict[str, int]:
+        with self._errors(f"reading collection {self.name!r}"):
+            found = self._client.facet(self.name, key=key, limit=limit, exact=True)
+        return {str(hit.value): int(hit.count) for hit in found.hits}
 
     def nearest(self, vector, using, limit, filters=(), fields=CANDIDATE_FIELDS) -> list[Hit]:
         with self._errors(f"searching collection {self.name!r}"):

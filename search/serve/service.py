@@ -1,0 +1,272 @@
+"""The long-running search service: models and store loaded once, shared by every request.
+
+`Service` is what the HTTP app calls; it knows nothing of HTTP. It loads in
+the background (the server answers /healthz at once and /readyz once the
+models are loaded and warmed up), admits at most `workers + queue` searches
+at a time (the rest are refused at once, so an overload never takes the
+server down), and optionally keeps the collection in sync with a DAM folder
+(`watch`) using the same incremental sync as `indexer sync` and the models
+already in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexer.errors import CatalogueError
+from indexer.store.schema import CATEGORY, COLOUR, META, PATH, PRODUCT_ID
+from search.options import SearchOptions
+
+log = logging.getLogger("catalogue.serve")
+
+
+@dataclass
+class ServeConfig:
+    """Everything `search serve` was started with."""
+
+    qdrant_path: str | None = None
+    qdrant_url: str | None = None
+    api_key: str | None = None  # the Qdrant server's, not this service's
+    collection: str = "catalogue"
+    model: str | None = None
+    model_loading: dict = field(default_factory=dict)  # device, runtime, cache_dir
+    locate: str = "centre"
+    detector_options: dict = field(default_factory=dict)
+    workers: int = 4
+    queue: int = 16
+    max_batch: int = 32
+    batch_wait: float = 0.002
+    watch: Path | None = None
+    watch_interval: float = 2.0
+
+
+class Busy(Exception):
+    """More searches are running and waiting than the service admits."""
+
+
+class NotReady(Exception):
+    """The models or the store are still loading (or failed to)."""
+
+
+class Service:
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.searcher = None
+        self.store = None
+        self.failure: CatalogueError | None = None
+        self.ready = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="search")
+        self._admitted = threading.BoundedSemaphore(config.workers + config.queue)
+        self._text_encoder = None
+        self._text_lock = threading.Lock()
+        self._products: int | None = None
+        self._stop = threading.Event()
+        self.watch_state: dict = {}
+        self.started = time.time()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Open the store, load and warm the models; then serve. Failures are kept in `failure`."""
+        try:
+            self._load()
+        except CatalogueError as exc:
+            self.failure = exc  # `run` reports it in one line and exits with its code
+            return
+        self.ready.set()
+        log.info("ready: collection %r in the %s, %d images", self.config.collection, self.store.describe(), self.searcher.images)
+        threading.Thread(target=self._count_products, name="count-products", daemon=True).start()
+        if self.config.watch is not None:
+            threading.Thread(target=self._watch, name="watch", daemon=True).start()
+
+    def _load(self) -> None:
+        from indexer.store import open_store
+        from search.query import Searcher
+        from search.serve.batching import BatchingEncoder
+
+        config = self.config
+        self.store = open_store(
+            path=None if config.qdrant_url else config.qdrant_path, url=config.qdrant_url, api_key=config.api_key,
+            command="search serve", create=config.watch is not None,
+        )
+        catalogue = self.store.collection(config.collection)
+        if config.watch is not None and not catalogue.exists():
+            self._sync(catalogue)  # a new store: index the folder before serving it
+        from indexer.encoders import load_encoder
+
+        def batching_loader(model: str, **options):
+            return BatchingEncoder(load_encoder(model, **options), max_batch=config.max_batch, max_wait=config.batch_wait)
+
+        self.searcher = Searcher(
+            catalogue, model=config.model, localiser=config.locate, detector_options=config.detector_options,
+            encoder_loader=batching_loader, **config.model_loading,
+        )
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One search on a plain picture: lazy structures and first-call costs are paid before /readyz says so."""
+        from PIL import Image
+
+        picture = Image.new("RGB", (480, 640), (200, 190, 180))
+        self.searcher.search_image(picture, SearchOptions(), query="warm-up")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.searcher is not None:
+            for encoder in self.searcher.encoders:
+                encoder.close()
+        if self.store is not None:
+            self.store.close()
+
+    # -- searches ----------------------------------------------------------------------------
+
+    def submit(self, work, *args):
+        """Run `work(*args)` in the worker pool; Busy at once when the pool and its queue are full."""
+        if not self.ready.is_set():
+            raise NotReady(str(self.failure) if self.failure else "loading the models and the store")
+        if not self._admitted.acquire(blocking=False):
+            raise Busy()
+        future = self._pool.submit(work, *args)
+        future.add_done_callback(lambda _f: self._admitted.release())
+        return future
+
+    def search_upload(self, data: bytes, name: str, options: SearchOptions, locate: str | None) -> dict:
+        result = self.searcher.search_bytes_or_path(data, options, query=name, locate=locate)
+        return result.to_dict()
+
+    def search_text(self, text: str, options: SearchOptions) -> dict:
+        return self.searcher.search_text(text, options, self._text()).to_dict()
+
+    def has_text(self) -> bool:
+        return self.searcher is not None and self.searcher.text_model() is not None
+
+    def _text(self):
+        from indexer.encoders import load_text_encoder
+
+        with self._text_lock:
+            if self._text_encoder is None:
+                index = self.searcher.text_model()
+                if index is None:
+                    return None  # search_text says why
+                device = self.config.model_loading.get("device", "auto")
+                self._text_encoder = load_text_encoder(self.searcher.specs[index].model, device=device)
+            return self._text_encoder
+
+    # -- the catalogue -----------------------------------------------------------------------
+
+    def product(self, product_id: str) -> dict | None:
+        catalogue = self.searcher.catalogue
+        images = sorted(catalogue.scroll((PATH, CATEGORY, META, COLOUR), ((PRODUCT_ID, product_id),)), key=lambda item: item[1].get(PATH, ""))
+        if not images:
+            return None
+        first = images[0][1]
+        return {
+            "product_id": product_id,
+            "category": first.get(CATEGORY),
+            "meta": first.get(META) or {},
+            "images": [
+                {"point_id": pid, "path": payload.get(PATH), "url": f"/v1/images/{pid}", "colour": (payload.get(COLOUR) or {}).get("dominant")}
+                for pid, payload in images
+            ],
+        }
+
+    def image_file(self, reference: str) -> Path | None:
+        """The catalogue file a point id or an indexed relative path names; None unless it is an indexed
+        file inside the DAM root (no traversal, no symlink leading out)."""
+        import uuid
+
+        from indexer.store import point_id
+
+        try:
+            pid = str(uuid.UUID(reference))
+        except ValueError:
+            pid = point_id(reference)
+        payload = self.searcher.catalogue.retrieve([pid], (PATH,)).get(pid)
+        if not payload or not self.searcher.root:
+            return None
+        root = Path(self.searcher.root).resolve()
+        path = (root / payload[PATH]).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            return None
+        return path
+
+    def info(self) -> dict:
+        searcher = self.searcher
+        record = searcher.catalogue.metadata()
+        return {
+            "collection": self.config.collection,
+            "store": self.store.describe(),
+            "models": record.get("models", []),
+            "runtime": [type(e.encoder).__name__ for e in searcher.encoders],
+            "root": searcher.root,
+            "images": searcher.catalogue.count(),
+            "products": self._products,
+            "categories": sorted(searcher.catalogue.facet(CATEGORY)),
+            "calibration": searcher.calibration.to_metadata(),
+            "text": self.has_text(),
+            "locate": self.config.locate,
+            "storage": searcher.catalogue.settings().to_dict(),
+            "watch": {"folder": str(self.config.watch), **self.watch_state} if self.config.watch else None,
+            "workers": self.config.workers,
+            "queue": self.config.queue,
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+    def _count_products(self) -> None:
+        try:
+            self._products = len({payload.get(PRODUCT_ID) for _pid, payload in self.searcher.catalogue.scroll((PRODUCT_ID,))})
+        except CatalogueError as exc:
+            log.warning("cannot count products: %s", exc)
+
+    # -- keeping the index fresh --------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Poll the DAM folder; when its listing changes, run the incremental sync with the loaded models."""
+        last = None
+        while not self._stop.wait(self.config.watch_interval):
+            try:
+                from indexer.scan import scan
+
+                sources = scan(self.config.watch)
+                listing = [(s.relative, s.size, s.mtime_ns) for s in sources]
+                if listing == last:
+                    continue
+                report = self._sync(self.searcher.catalogue, sources, encoders=[e.encoder for e in self.searcher.encoders])
+                last = listing if not report.failed else None  # bad files are retried
+                self.searcher.root = self.searcher.catalogue.metadata().get("root")
+                self._count_products()
+            except CatalogueError as exc:
+                self.watch_state = {"last_error": str(exc), "at": time.time()}
+                log.warning("watch: %s", exc)
+
+    def _sync(self, catalogue, sources=None, encoders=None):
+        from indexer.scan import scan
+        from indexer.sync import sync
+
+        folder = self.config.watch
+        sources = scan(folder) if sources is None else sources
+        loader = None
+        if encoders:
+            by_model = {e.model_id: e for e in encoders}
+
+            def loader(model, **_options):
+                return by_model[model]
+
+        started = time.perf_counter()
+        options = {"encoder_loader": loader} if loader else {}
+        report = sync(folder, sources, catalogue, model=self.config.model, **self.config.model_loading, **options)
+        changed = report.added + report.updated + report.deleted
+        self.watch_state = {
+            "last_sync": time.time(), "added": report.added, "updated": report.updated, "deleted": report.deleted,
+            "failed": len(report.failed), "seconds": round(time.perf_counter() - started, 3),
+        }
+        if changed or report.failed:
+            log.info("watch: synced %s: %d added, %d updated, %d deleted, %d failed", folder, report.added, report.updated, report.deleted, len(report.failed))
+        return report
+
