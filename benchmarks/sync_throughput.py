@@ -42,9 +42,10 @@ def main() -> None:
     try:
         dam = work / "dam"
         dam.mkdir()
-        for source in scan(args.dam)[: args.limit]:
+        for source in scan(args.dam).images[: args.limit]:
             shutil.copy(source.path, dam / source.path.name)
-        sources = scan(dam)
+        scanned = scan(dam)
+        sources = scanned.images
         encoders = [load_encoder(m, device=args.device) for m in args.model.split(",")]
 
         # Baseline: one image at a time, one thread.
@@ -59,7 +60,7 @@ def main() -> None:
         store = work / "qdrant"
         handle = open_store(path=store, create=True)
         loader = {e.model_id: e for e in encoders}
-        report = sync(dam, sources, handle.collection("catalogue"), model=args.model, encoder_loader=lambda m, **_: loader[m], device=args.device)
+        report = sync(dam, scanned, handle.collection("catalogue"), model=args.model, encoder_loader=lambda m, **_: loader[m], device=args.device)
         first = report.to_dict()
         t = time.perf_counter()
         again = sync(dam, scan(dam), handle.collection("catalogue"))

@@ -92,7 +92,7 @@ def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manife
     from indexer.scan import compile_id_pattern, read_manifest, scan
     from indexer.sync import sync as run_sync
 
-    sources = scan(
+    scanned = scan(
         dam,
         id_pattern=compile_id_pattern(id_pattern),
         manifest=read_manifest(manifest, _parse_renames(manifest_columns)) if manifest else None,
@@ -113,7 +113,7 @@ def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manife
 
     try:
         report = run_sync(
-            dam, sources, catalogue, model=model, reindex=reindex, dry_run=dry_run, **model_loading(device, runtime),
+            dam, scanned, catalogue, model=model, reindex=reindex, dry_run=dry_run, **model_loading(device, runtime),
             batch_size=batch_size, workers=workers, colours=colours, storage=storage,
             on_plan=on_plan, progress=lambda n: bar.update(n) if bar else None, on_index=on_index,
         )
@@ -126,8 +126,12 @@ def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manife
 
 
 def _print_report(dam: Path, report, as_json: bool) -> None:
+    from indexer.scan import display_path
+
+    for path, reason in report.skipped:
+        click.echo(f"skipped: {display_path(path)}: {reason}", err=True)
     for path, error in report.failed:
-        click.echo(f"failed: {path}: {error}", err=True)
+        click.echo(f"failed: {display_path(path)}: {error}", err=True)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -138,7 +142,7 @@ def _print_summary(dam: Path, report) -> None:
     data = report.to_dict()
     verb = "Would sync" if report.dry_run else "Synced"
     click.echo(f"{verb} {dam} into collection '{report.collection}' ({', '.join(report.models)}) in {report.seconds:.1f} s")
-    rows = [(k, data[k] if k != "failed" else len(report.failed)) for k in ("added", "updated", "deleted", "unchanged", "failed")]
+    rows = [(k, len(data[k]) if k in ("failed", "skipped") else data[k]) for k in ("added", "updated", "deleted", "unchanged", "failed", "skipped")]
     click.echo(table(("", "images"), rows, align="lr"))
     if report.encoded:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in data["stages"].items() if k in ("read", "decode", "colour", "preprocess", "encode", "upsert"))

@@ -117,16 +117,32 @@ def open_catalogue(qdrant_path: str | None, qdrant_url: str | None, collection: 
     return store.collection(collection)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, kill, a CI timeout): stopped like Ctrl-C, with a message and exit 143."""
+
+
+def _terminate(signum, _frame) -> None:
+    raise Terminated(signum)
+
+
 def reports_errors(command: Callable) -> Callable:
-    """Turn CatalogueError into one line on stderr and its exit code; Ctrl-C into exit 130."""
+    """Turn CatalogueError into one line on stderr and its exit code; Ctrl-C into exit 130, SIGTERM into 143."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return command(*args, **kwargs)
         except CatalogueError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Terminated:
+            click.echo("Stopped (SIGTERM). Run the same command again to finish; nothing written is lost.", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             click.echo("Interrupted. Run the same command again to finish; nothing written is lost.", err=True)
             sys.exit(130)

@@ -3,7 +3,8 @@
 The product id is the file name's stem, or the first group of `id_pattern`
 when it matches (so `CODE_2.jpg` and `CODE.jpg` can both be `CODE`), or what
 the manifest says. Hidden files and folders are skipped: `._x.jpg` AppleDouble
-files and `.thumbnails/` are not catalogue images.
+files and `.thumbnails/` are not catalogue images. Everything else that is
+not indexed is said: see `scan`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,21 @@ from __future__ import annotations
 import csv
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import BadInputError
-from indexer.images import IMAGE_SUFFIXES
+from indexer.images import IMAGE_SUFFIXES, max_file_bytes
+
+#: Image formats PIL cannot read here: counted as skipped, with what to do.
+UNSUPPORTED_SUFFIXES = {
+    ".heic": "HEIC is not supported; convert it to JPEG (e.g. heif-convert, or export as JPEG)",
+    ".heif": "HEIF is not supported; convert it to JPEG (e.g. heif-convert, or export as JPEG)",
+    ".avif": "AVIF is not supported; convert it to JPEG or WebP",
+    ".tif": "TIFF is not indexed; convert it to JPEG or PNG",
+    ".tiff": "TIFF is not indexed; convert it to JPEG or PNG",
+}
 
 #: Manifest columns with a meaning; every other column goes to the `meta` payload.
 FILE_COLUMN = "file"
@@ -92,41 +103,102 @@ def _unreadable_folder(error: OSError) -> None:
     )
 
 
-def scan(root: Path, *, id_pattern: re.Pattern | None = None, manifest: Manifest | None = None) -> list[SourceImage]:
-    """Every image under `root`, sorted by relative path."""
+@dataclass
+class Scan:
+    """What a DAM folder holds: the images to index, the files that should be images but cannot be
+    (`failed`: reported, exit 7, a point they had is kept), and what is left out on purpose (`skipped`)."""
+
+    images: list[SourceImage]
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why); print with display_path
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def paths(self) -> set[str]:
+        """Every path sync must not treat as vanished: the images and the files that failed."""
+        return {image.relative for image in self.images} | {path for path, _ in self.failed}
+
+
+def scan(root: Path, *, id_pattern: re.Pattern | None = None, manifest: Manifest | None = None) -> Scan:
+    """Every image under `root`, sorted by relative path, and what could not or should not be indexed.
+
+    Symbolic links to files inside `root` are followed; links leading out of
+    it, and links to folders, are not (skipped, and said). Broken links,
+    FIFOs, devices, files above the size limit and names that are not valid
+    UTF-8 fail, each with its reason.
+    """
     if not root.exists():
         raise BadInputError(f"{root}: no such folder")
     if not root.is_dir():
         raise BadInputError(f"{root}: not a folder (give the DAM folder to sync)")
-    found = []
+    real_root = root.resolve()
+    found = Scan(images=[])
     for folder, subfolders, files in os.walk(root, onerror=_unreadable_folder):
+        for name in subfolders:
+            if not name.startswith(".") and os.path.islink(os.path.join(folder, name)):
+                found.skipped.append((_relative(root, folder, name) + "/", "symbolic link to a folder (not followed)"))
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         for name in files:
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            suffix = Path(name).suffix.lower()
+            if name.startswith("."):
                 continue
-            path = Path(folder) / name
-            try:
-                stat = path.stat()
-            except OSError:
-                continue  # vanished or a broken link while walking; the next sync sees the truth
-            relative = path.relative_to(root).as_posix()
-            product_id = product_id_from_name(relative, id_pattern)
-            row = manifest.row_for(relative, product_id) if manifest else {}
-            product_id = row.get(PRODUCT_COLUMN) or product_id
-            meta = {k: v for k, v in row.items() if k not in (FILE_COLUMN, PRODUCT_COLUMN, CATEGORY_COLUMN) and v}
-            found.append(
-                SourceImage(
-                    path=path,
-                    relative=relative,
-                    product_id=product_id,
-                    size=stat.st_size,
-                    mtime_ns=stat.st_mtime_ns,
-                    category=row.get(CATEGORY_COLUMN) or None,
-                    meta=meta,
-                )
-            )
-    found.sort(key=lambda image: image.relative)
+            relative = _relative(root, folder, name)
+            if suffix in UNSUPPORTED_SUFFIXES:
+                found.skipped.append((relative, UNSUPPORTED_SUFFIXES[suffix]))
+                continue
+            if suffix not in IMAGE_SUFFIXES:
+                continue
+            problem, image = _source(root, real_root, Path(folder) / name, relative, id_pattern, manifest)
+            if image is not None:
+                found.images.append(image)
+            elif problem[0] == "skip":
+                found.skipped.append((relative, problem[1]))
+            else:
+                found.failed.append((relative, problem[1]))
+    found.images.sort(key=lambda image: image.relative)
+    found.failed.sort()
+    found.skipped.sort()
     return found
+
+
+def _source(root, real_root, path: Path, relative: str, id_pattern, manifest) -> tuple[tuple[str, str], SourceImage | None]:
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        return ("fail", "file name is not valid UTF-8; rename the file"), None
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing target, or a loop of links
+            return ("fail", "broken symbolic link"), None
+        if not target.is_relative_to(real_root):
+            return ("skip", "symbolic link leading out of the DAM folder (not followed)"), None
+    try:
+        info = path.stat()
+    except OSError as exc:
+        return ("fail", f"cannot read ({exc.strerror or exc})"), None
+    if not stat.S_ISREG(info.st_mode):
+        return ("fail", "not a regular file; only image files are read"), None
+    if info.st_size > max_file_bytes():
+        return ("fail", f"larger than the {max_file_bytes() // 2**20:,} MB file limit; raise CATALOGUE_MAX_FILE_MB to accept it"), None
+    product_id = product_id_from_name(relative, id_pattern)
+    row = manifest.row_for(relative, product_id) if manifest else {}
+    product_id = row.get(PRODUCT_COLUMN) or product_id
+    meta = {k: v for k, v in row.items() if k not in (FILE_COLUMN, PRODUCT_COLUMN, CATEGORY_COLUMN) and v}
+    image = SourceImage(
+        path=path, relative=relative, product_id=product_id, size=info.st_size, mtime_ns=info.st_mtime_ns,
+        category=row.get(CATEGORY_COLUMN) or None, meta=meta,
+    )
+    return ("ok", ""), image
+
+
+def _relative(root: Path, folder: str, name: str) -> str:
+    return (Path(folder) / name).relative_to(root).as_posix()
+
+
+def display_path(path: str) -> str:
+    """A path safe to print on one line: undecodable bytes as \\xNN, control characters escaped."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def compile_id_pattern(pattern: str | None) -> re.Pattern | None:

@@ -25,10 +25,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from indexer.encoders import Encoder, default_model, load_encoder, model_id_for
+from indexer.encoders import Encoder, default_model, load_encoder, model_id_for, parse_models
 from indexer.errors import BadInputError, OptionError
-from indexer.images import load_rgb
-from indexer.scan import SourceImage
+from indexer.images import load_rgb, read_file
+from indexer.scan import Scan, SourceImage, display_path
 from indexer.store import Catalogue, IndexedImage, Point, StorageSettings, image_payload, point_id
 from indexer.store.schema import COLOUR
 
@@ -45,7 +45,8 @@ class SyncReport:
     updated: int = 0
     deleted: int = 0
     unchanged: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # kept their last good point, if they had one
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # left out on purpose (format, links out of the DAM)
     metadata_only: int = 0  # of `updated`: payload rewritten, image not re-encoded
     encoded: int = 0
     seconds: float = 0.0
@@ -60,7 +61,8 @@ class SyncReport:
             "updated": self.updated,
             "deleted": self.deleted,
             "unchanged": self.unchanged,
-            "failed": [{"path": p, "error": e} for p, e in self.failed],
+            "failed": [{"path": display_path(p), "error": e} for p, e in self.failed],
+            "skipped": [{"path": display_path(p), "reason": r} for p, r in self.skipped],
             "metadata_only": self.metadata_only,
             "encoded": self.encoded,
             "seconds": round(self.seconds, 3),
@@ -93,7 +95,7 @@ class _Prepared:
 
 def sync(
     root: Path,
-    sources: list[SourceImage],
+    scanned: Scan,
     catalogue: Catalogue,
     *,
     model: str | None = None,
@@ -111,7 +113,10 @@ def sync(
     on_index: Callable[[int], object] | None = None,
     encoder_loader: Callable[..., Encoder] = load_encoder,
 ) -> SyncReport:
-    """Bring `catalogue` in line with `sources` (the scan of `root`).
+    """Bring `catalogue` in line with `scanned` (the scan of `root`).
+
+    Files the scan or the reading could not use are reported as failed and
+    keep the point they had; only files gone from the folder lose theirs.
 
     `model` (comma-separated for several encoders) defaults to the models the
     collection already holds, or the default model for a new collection.
@@ -125,14 +130,15 @@ def sync(
     builds its index.
     """
     started = time.perf_counter()
-    if not sources:
+    sources = scanned.images
+    if not sources and not scanned.failed:
         raise BadInputError(f"{root}: no images found (.jpg .jpeg .png .webp); nothing was changed")
     exists = catalogue.exists()
     # A rebuild with the model named needs nothing from the old record: it may be what is broken.
     trust_record = exists and not (reindex and model)
     recorded = catalogue.models() if trust_record else []
     if model:
-        wanted = [model_id_for(m.strip()) for m in model.split(",") if m.strip()]
+        wanted = parse_models(model)
     elif recorded:
         wanted = [m.model for m in recorded]  # --reindex alone rebuilds with the same model
     else:
@@ -147,9 +153,11 @@ def sync(
                 f"are fixed when a collection is made: add --reindex to rebuild it with {_describe(settings)}"
             )
 
-    report = SyncReport(dry_run=dry_run, collection=catalogue.name, models=wanted)
+    report = SyncReport(dry_run=dry_run, collection=catalogue.name, models=wanted, failed=list(scanned.failed), skipped=list(scanned.skipped))
     indexed = {} if (reindex or not exists) else {image.path: image for image in catalogue.indexed_images()}
-    plan = _plan(sources, indexed)
+    if indexed and not reindex:
+        _refuse_another_folder(catalogue, root, indexed, scanned)
+    plan = _plan(sources, indexed, scanned.paths)
     if dry_run:
         _count_dry_run(plan, report)
         report.seconds = time.perf_counter() - started
@@ -191,11 +199,23 @@ def sync(
     return report
 
 
+def _refuse_another_folder(catalogue: Catalogue, root: Path, indexed: dict[str, IndexedImage], scanned: Scan) -> None:
+    """A folder that shares no file with the collection is another catalogue (or a wrong mount):
+    syncing it would delete every point. Ask for --reindex instead of doing that silently."""
+    recorded = catalogue.metadata().get("root")
+    if recorded and recorded != str(root.resolve()) and not (indexed.keys() & scanned.paths):
+        raise OptionError(
+            f"collection {catalogue.name!r} mirrors {recorded} ({len(indexed):,} images) and {root} shares none of its "
+            "files: syncing it would delete them all. Use --reindex to replace the collection with this folder, "
+            "or --collection NAME to index it beside"
+        )
+
+
 def _describe(settings: StorageSettings) -> str:
     return f"quantization {settings.quantization}, vectors {'on disk' if settings.on_disk else 'in memory'}, HNSW from {settings.hnsw_threshold:,} points"
 
 
-def _plan(sources: list[SourceImage], indexed: dict[str, IndexedImage]) -> _Plan:
+def _plan(sources: list[SourceImage], indexed: dict[str, IndexedImage], present: set[str]) -> _Plan:
     to_encode: list[tuple[SourceImage, str | None]] = []
     payload_only = []
     unchanged = 0
@@ -213,7 +233,6 @@ def _plan(sources: list[SourceImage], indexed: dict[str, IndexedImage]) -> _Plan
             payload_only.append((source, stored))
         else:
             unchanged += 1
-    present = {source.relative for source in sources}
     to_delete = [image for path, image in indexed.items() if path not in present]
     return _Plan(to_encode, payload_only, to_delete, unchanged, new)
 
@@ -221,10 +240,17 @@ def _plan(sources: list[SourceImage], indexed: dict[str, IndexedImage]) -> _Plan
 def _count_dry_run(plan: _Plan, report: SyncReport) -> None:
     """What a real run would do; suspected changes are confirmed by hashing, nothing is decoded."""
     for source, known in plan.to_encode:
+        if known is not None:
+            try:
+                same = _sha256(read_file(source.path, label=source.relative)) == known
+            except BadInputError as exc:
+                report.failed.append((source.relative, _reason(exc, source)))
+                continue
+            if same:
+                report.unchanged += 1
+                continue
         if source.relative in plan.new:
             report.added += 1
-        elif known is not None and _same_content(source, known):
-            report.unchanged += 1
         else:
             report.updated += 1
     report.updated += len(plan.payload_only)
@@ -233,11 +259,8 @@ def _count_dry_run(plan: _Plan, report: SyncReport) -> None:
     report.unchanged += plan.unchanged
 
 
-def _same_content(source: SourceImage, sha256: str) -> bool:
-    try:
-        return _sha256(source.path.read_bytes()) == sha256
-    except OSError:
-        return False  # a real run would report it as failed; count it as a change to look at
+def _reason(exc: BadInputError, source: SourceImage) -> str:
+    return str(exc).removeprefix(f"{source.relative}: ")
 
 
 def _metadata_differs(source: SourceImage, stored: IndexedImage) -> bool:
@@ -261,9 +284,9 @@ def _prepare(
 
     t0 = time.perf_counter()
     try:
-        data = source.path.read_bytes()
-    except OSError as exc:
-        return _Prepared(source, "", error=f"cannot read ({exc.strerror or exc})")
+        data = read_file(source.path, label=source.relative)
+    except BadInputError as exc:
+        return _Prepared(source, "", error=_reason(exc, source))
     sha = _sha256(data)
     t1 = time.perf_counter()
     if sha == known_sha256:
@@ -271,7 +294,7 @@ def _prepare(
     try:
         image = load_rgb(data, name=source.relative, draft=DECODE_SHORT_SIDE)
     except BadInputError as exc:
-        return _Prepared(source, sha, error=str(exc).removeprefix(f"{source.relative}: "))
+        return _Prepared(source, sha, error=_reason(exc, source))
     t2 = time.perf_counter()
     colour = extract_palette(image, k=colours).to_payload()
     t3 = time.perf_counter()
@@ -336,10 +359,9 @@ def _encode_all(
                 flush()
             continue
         if item.error is not None:
+            # Reported, and a point it had stays: a file unreadable this time (a glitch, a file being
+            # copied, a mount going away) must not lose its last good point. The next sync tries again.
             report.failed.append((item.source.relative, item.error))
-            if item.source.relative not in plan.new:
-                # The file changed into something unreadable: its old vector no longer describes it.
-                catalogue.delete([point_id(item.source.relative)])
         else:
             catalogue.set_payload([point_id(item.source.relative)], _metadata_payload(item.source, item.sha256))
             report.unchanged += 1

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.colour import Palette, extract_palette, lab_distance, lab_to_hex
-from indexer.encoders import Encoder, l2_normalise, load_encoder, model_id_for
+from indexer.encoders import Encoder, l2_normalise, load_encoder, parse_models
 from indexer.errors import BadInputError, OptionError
 from indexer.images import load_rgb
 from indexer.store import Catalogue, Filters, Hit, ModelSpec
@@ -159,7 +159,7 @@ class Searcher:
                 f"no collection '{catalogue.name}' in this store; index a catalogue first: indexer sync DAM_FOLDER"
             )
         recorded = catalogue.models()
-        wanted = [model_id_for(m.strip()) for m in model.split(",")] if model else [m.model for m in recorded]
+        wanted = parse_models(model) if model else [m.model for m in recorded]
         catalogue.check_models(wanted)
         self.catalogue = catalogue
         self.specs: list[ModelSpec] = recorded

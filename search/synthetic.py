@@ -27,7 +27,7 @@ def write_synthetic_queries(
     dam: Path, out: Path, *, count: int, seed: int = 0, progress: Callable[[int], object] | None = None
 ) -> int:
     """Write `count` photos and `ground_truth.csv` (query,reference) into `out`; returns how many."""
-    images = scan(dam)
+    images = scan(dam).images
     if len(images) < 2:
         raise BadInputError(f"{dam}: needs at least two catalogue images (a target and some clutter)")
     rng = np.random.default_rng(seed)

@@ -48,22 +48,22 @@ def test_palette_with_transparency_is_composited_on_white():
 
 
 def test_cmyk_becomes_rgb():
-    image = Image.new("CMYK", (10, 10), (0, 255, 255, 0))  # pure red in CMYK
+    image = Image.new("CMYK", (20, 20), (0, 255, 255, 0))  # pure red in CMYK
     out = load_rgb(encoded(image, "JPEG", quality=95))
     r, g, b = np.asarray(out).reshape(-1, 3).mean(axis=0)
     assert out.mode == "RGB" and r > 200 and g < 60 and b < 60
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped():
-    values = np.full((8, 8), 32768, dtype=np.uint16)  # mid grey in 16 bits
+    values = np.full((16, 16), 32768, dtype=np.uint16)  # mid grey in 16 bits
     out = load_rgb(encoded(Image.fromarray(values), "PNG"))
     assert out.mode == "RGB"
     assert abs(int(np.asarray(out)[0, 0, 0]) - 128) <= 1
 
 
 def test_grey_and_webp_load():
-    assert load_rgb(encoded(Image.new("L", (9, 9), 77), "PNG")).getpixel((0, 0)) == (77, 77, 77)
-    assert load_rgb(encoded(Image.new("RGB", (9, 9), (10, 200, 10)), "WEBP", lossless=True)).size == (9, 9)
+    assert load_rgb(encoded(Image.new("L", (19, 19), 77), "PNG")).getpixel((0, 0)) == (77, 77, 77)
+    assert load_rgb(encoded(Image.new("RGB", (19, 17), (10, 200, 10)), "WEBP", lossless=True)).size == (19, 17)
 
 
 @pytest.mark.parametrize(
@@ -107,3 +107,40 @@ def test_jpeg_draft_decodes_smaller_but_not_below_the_asked_side():
 def test_missing_path(tmp_path):
     with pytest.raises(BadInputError, match="no such file"):
         load_rgb(tmp_path / "absent.jpg")
+
+
+@pytest.mark.parametrize(
+    "size, words",
+    [((100000, 1), "too small"), ((5000, 1), "too small"), ((200, 1), "too small"), ((2, 300), "too small"),
+     ((15, 200), "too small"), ((2000, 100), "too elongated"), ((100, 1300), "too elongated")],
+)
+def test_thin_and_tiny_images_are_refused_before_decoding(size, words):
+    with pytest.raises(BadInputError, match=words):
+        load_rgb(encoded(Image.new("L", size, 128), "PNG"), name="strip.png")
+
+
+def test_shapes_at_the_bounds_still_load():
+    assert load_rgb(encoded(Image.new("RGB", (16, 16)), "PNG")).size == (16, 16)
+    assert load_rgb(encoded(Image.new("RGB", (192, 16)), "PNG")).size == (192, 16)  # exactly 12:1
+
+
+def test_only_regular_files_are_read(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(BadInputError, match="not a regular file .a FIFO."):
+        load_rgb(fifo)  # returns at once instead of waiting for a writer
+    with pytest.raises(BadInputError, match="not a regular file .a device."):
+        load_rgb("/dev/zero")
+    with pytest.raises(BadInputError, match="not a regular file .a folder."):
+        load_rgb(tmp_path)
+
+
+def test_files_above_the_size_limit_are_not_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("CATALOGUE_MAX_FILE_MB", "1")
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as handle:
+        handle.truncate(2 * 2**20)  # a sparse 2 MB file: nothing is read to refuse it
+    with pytest.raises(BadInputError, match="larger than the 1 MB file limit"):
+        load_rgb(big)

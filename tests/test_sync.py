@@ -236,11 +236,16 @@ def test_bad_files_are_reported_and_the_rest_indexed(cli, dam, store, tiny_clip,
     assert result.exit_code == 7 and len(report["failed"]) == 4 and report["unchanged"] == 16
 
 
-def test_file_that_turns_unreadable_loses_its_stale_point(synced, cli, dam, store):
+def test_file_that_turns_unreadable_keeps_its_last_good_point_and_says_so(synced, cli, dam, store):
     (dam / "generated" / "RED-BAG.png").write_bytes(b"garbage")
     result = cli("indexer", "sync", dam, "--qdrant-path", store, "--json")
     assert result.exit_code == 7
-    assert "generated/RED-BAG.png" not in {p.payload["path"] for p in all_points(store)}
+    report = json.loads(result.stdout)
+    assert (report["deleted"], [f["path"] for f in report["failed"]]) == (0, ["generated/RED-BAG.png"])
+    assert "generated/RED-BAG.png" in {p.payload["path"] for p in all_points(store)}
+    studio_shot(dam / "generated" / "RED-BAG.png", (20, 200, 30))  # fixed: re-encoded in place
+    report = json.loads(cli("indexer", "sync", dam, "--qdrant-path", store, "--json").stdout)
+    assert (report["updated"], report["failed"]) == (1, [])
 
 
 def test_unreachable_server_is_exit_4(cli, dam, tiny_clip):

@@ -108,6 +108,11 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def parse_models(value: str) -> list[str]:
+    """`--model` as the model ids it names: comma-separated for an ensemble (one named vector each)."""
+    return [model_id_for(m.strip()) for m in value.split(",") if m.strip()]
+
+
 def model_id_for(model: str) -> str:
     """The identity a model name is recorded under: offline names as they are,
     local checkpoint folders as absolute paths, hub ids as given."""

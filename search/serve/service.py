@@ -233,11 +233,11 @@ class Service:
             try:
                 from indexer.scan import scan
 
-                sources = scan(self.config.watch)
-                listing = [(s.relative, s.size, s.mtime_ns) for s in sources]
+                scanned = scan(self.config.watch)
+                listing = [(s.relative, s.size, s.mtime_ns) for s in scanned.images] + scanned.failed
                 if listing == last:
                     continue
-                report = self._sync(self.searcher.catalogue, sources, encoders=[e.encoder for e in self.searcher.encoders])
+                report = self._sync(self.searcher.catalogue, scanned, encoders=[e.encoder for e in self.searcher.encoders])
                 last = listing if not report.failed else None  # bad files are retried
                 self.searcher.root = self.searcher.catalogue.metadata().get("root")
                 self._count_products()
@@ -245,12 +245,12 @@ class Service:
                 self.watch_state = {"last_error": str(exc), "at": time.time()}
                 log.warning("watch: %s", exc)
 
-    def _sync(self, catalogue, sources=None, encoders=None):
+    def _sync(self, catalogue, scanned=None, encoders=None):
         from indexer.scan import scan
         from indexer.sync import sync
 
         folder = self.config.watch
-        sources = scan(folder) if sources is None else sources
+        scanned = scan(folder) if scanned is None else scanned
         loader = None
         if encoders:
             by_model = {e.model_id: e for e in encoders}
@@ -260,7 +260,7 @@ class Service:
 
         started = time.perf_counter()
         options = {"encoder_loader": loader} if loader else {}
-        report = sync(folder, sources, catalogue, model=self.config.model, **self.config.model_loading, **options)
+        report = sync(folder, scanned, catalogue, model=self.config.model, **self.config.model_loading, **options)
         changed = report.added + report.updated + report.deleted
         self.watch_state = {
             "last_sync": time.time(), "added": report.added, "updated": report.updated, "deleted": report.deleted,

@@ -1,0 +1,351 @@
+"""The staff page in a real browser: Debian's Chromium, driven by selenium, on `search serve` over a real store.
+
+The store is built here by the real `indexer sync` with the offline EfficientNet-Lite0 weights: the
+catalogue images of tests/data plus the reference image of one real store photo
+(tests/data/page/IMG_6954.jpeg, a dev photo downscaled to 800 px, EXIF rotation applied) that
+Lite0 ranks first. Screenshots are kept in $CATALOGUE_TEST_ARTEFACTS (default: the test's tmp_path).
+Skipped only where chromium or chromedriver is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import DATA
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
+CHROMIUM_FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+)
+PHOTO = DATA / "page" / "IMG_6954.jpeg"  # a black ankle boot on a shop shelf
+EXPECTED = "KDI613VEAS900"  # its catalogue product (tests/data/page/KDI613VEAS900.jpeg)
+CATEGORIES = ["W Accessories", "W Bags", "W RTW", "W SLG", "W Shoes", "Watches"]  # tests/data/products.csv + the boot
+KEY = "secret"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)"),
+]
+
+
+# -- a store, servers and a browser ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> tuple[Path, Path]:
+    """The catalogue synced with Lite0, and a copy of the store (the embedded store is one process at a time)."""
+    from click.testing import CliRunner
+
+    from indexer.cli import main as indexer
+
+    root = tmp_path_factory.mktemp("page")
+    dam = root / "dam"
+    dam.mkdir()
+    for image in [*(DATA / "dam").glob("*.jpeg"), *(DATA / "catalogue").glob("*.jpeg"), DATA / "page" / f"{EXPECTED}.jpeg"]:
+        shutil.copy(image, dam / image.name)
+    manifest = root / "products.csv"
+    manifest.write_text((DATA / "products.csv").read_text().rstrip("\n") + f"\n{EXPECTED},W Shoes\n")
+    store = root / "store"
+    result = CliRunner().invoke(indexer, [
+        "sync", str(dam), "--model", "efficientnet-lite0", "--qdrant-path", str(store), "--manifest", str(manifest),
+        "--manifest-column", "MMC=product_id", "--manifest-column", "Product_BusinessUnitDesc=category", "--quiet",
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    copy = root / "store-copy"
+    shutil.copytree(store, copy)
+    return store, copy
+
+
+@contextmanager
+def serving(store: Path, log: Path, env: dict | None = None):
+    """`search serve` as a subprocess on a free port; yields its base URL once /readyz says ready; always stopped."""
+    import httpx
+
+    port = _free_port()
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(store), "--port", str(port)],
+            stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                assert process.poll() is None, f"search serve exited with {process.returncode}:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"search serve not ready after 120 s:\n{log.read_text()}"
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.25)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(stores, tmp_path_factory):
+    with serving(stores[0], tmp_path_factory.mktemp("serve") / "serve.log") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def artefacts(tmp_path) -> Path:
+    folder = Path(os.environ.get("CATALOGUE_TEST_ARTEFACTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+def test_a_store_photo_names_its_product_with_a_box_and_cards(server, browser, artefacts):
+    browser.set_window_size(1280, 1000)
+    open_page(browser, server)
+    browser.execute_script("""
+        window.busyStates = [];
+        const results = document.getElementById('results');
+        new MutationObserver(() => busyStates.push([results.getAttribute('aria-busy'), document.getElementById('take').disabled,
+            document.getElementById('status').textContent])).observe(results, {attributes: true, attributeFilter: ['aria-busy']});""")
+    search_photo(browser, PHOTO)
+    assert browser.execute_script("return busyStates") == [["true", True, "Searching…"], ["false", False, f"Best match: {EXPECTED}, W Shoes."]]
+    answer = api_search(server, PHOTO)
+    assert answer["matches"][0]["product_id"] == EXPECTED and answer["confident"]
+
+    cards = browser.execute_script("""
+        return [...document.querySelectorAll('#results .card')].map(c => ({
+            id: c.querySelector('.product-id').textContent, category: c.querySelector('.category').textContent,
+            score: c.querySelector('.score').textContent,
+            swatch: c.querySelector('.swatch') && getComputedStyle(c.querySelector('.swatch')).backgroundColor}));""")
+    assert [c["id"] for c in cards] == [m["product_id"] for m in answer["matches"]]  # the page shows the API's answer
+    assert cards[0]["category"] == "W Shoes" and cards[0]["score"] == f"Score {answer['matches'][0]['score']:.3f}"
+    assert all(c["swatch"] and c["swatch"].startswith("rgb") for c in cards)
+    assert browser.execute_script("return document.querySelector('.group').dataset.confident") == "true"
+    assert not browser.find_elements("css selector", ".not-sure")
+    assert EXPECTED in browser.find_element("id", "status").text  # announced through the live region
+
+    until(browser, "const i = document.querySelector('#results .card img'); return i.complete && i.naturalWidth > 0")
+    # The box sits where the API says, scaled from the photo as the server decoded it to the photo on screen.
+    box, photo = browser.execute_script(
+        "return ['.box', '.frame img'].map(s => document.querySelector(s).getBoundingClientRect().toJSON())")
+    x0, y0, x1, y1 = answer["groups"][0]["box"]
+    assert (answer["width"], answer["height"]) == (600, 800)
+    assert abs((box["left"] - photo["left"]) / photo["width"] - x0 / answer["width"]) < 0.01
+    assert abs((box["top"] - photo["top"]) / photo["height"] - y0 / answer["height"]) < 0.01
+    assert abs(box["width"] / photo["width"] - (x1 - x0) / answer["width"]) < 0.01
+    assert abs(box["height"] / photo["height"] - (y1 - y0) / answer["height"]) < 0.01
+    screenshot(browser, artefacts / "page-desktop.png")
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []  # no script errors
+
+
+def test_the_page_fits_a_phone(server, browser, artefacts):
+    browser.set_window_size(360, 740)
+    try:
+        open_page(browser, server)
+        assert browser.execute_script("return window.innerWidth") == 360
+        take = browser.find_element("id", "take")
+        assert take.is_displayed() and take.text == "Take a photo"
+        assert browser.execute_script("const r = arguments[0].getBoundingClientRect(); return r.right <= 360 && r.bottom <= 740", take)
+        search_photo(browser, PHOTO, field="camera")
+        assert first_card(browser) == EXPECTED
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 360
+        screenshot(browser, artefacts / "page-phone.png")
+    finally:
+        browser.set_window_size(1280, 1000)
+
+
+def test_a_product_not_in_the_catalogue_is_flagged_not_sure(server, browser, artefacts, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    nothing = tmp_path / "nothing.png"  # a picture of nothing in the catalogue
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(nothing)
+    answer = api_search(server, nothing)
+    assert answer["confident"] is False
+
+    open_page(browser, server)
+    search_photo(browser, nothing)
+    not_sure = browser.find_element("css selector", ".group .not-sure")
+    assert not_sure.is_displayed() and "Not sure" in not_sure.text and "not in the catalogue" in not_sure.text
+    assert browser.execute_script("return document.querySelector('.group').dataset.confident") == "false"
+    ids = browser.execute_script("return [...document.querySelectorAll('#results .product-id')].map(e => e.textContent)")
+    assert ids == [m["product_id"] for m in answer["matches"]]  # the candidates are still shown
+    assert browser.find_element("id", "status").text.startswith("Not sure")
+    screenshot(browser, artefacts / "page-not-sure.png")
+
+
+def test_the_category_filter_comes_from_the_collection_and_filters(server, browser):
+    import httpx
+
+    assert httpx.get(f"{server}/v1/info").json()["categories"] == CATEGORIES
+    open_page(browser, server)
+    options = browser.execute_script("return [...document.querySelectorAll('#category option')].map(o => o.value)")
+    assert options == ["", *CATEGORIES]
+    assert not browser.find_element("id", "text-form").is_displayed()  # Lite0 has no text tower
+
+    search_photo(browser, PHOTO)
+    from selenium.webdriver.support.select import Select
+
+    clear_results(browser)
+    Select(browser.find_element("id", "category")).select_by_value("W Bags")  # searches the photo again
+    wait_for_results(browser)
+    categories = browser.execute_script("return [...document.querySelectorAll('#results .category')].map(e => e.textContent)")
+    assert categories and set(categories) == {"W Bags"}
+    assert EXPECTED not in browser.execute_script("return document.getElementById('results').textContent")
+
+
+def test_an_api_error_is_shown_in_its_one_line(server, browser, tmp_path):
+    not_a_photo = tmp_path / "notes.jpg"
+    not_a_photo.write_text("not a photo")
+    response = httpx_post(server, not_a_photo)
+    assert response.status_code == 422
+    open_page(browser, server)
+    clear_results(browser)
+    browser.find_element("id", "file").send_keys(str(not_a_photo))
+    error = until(browser, "const e = document.getElementById('error'); return e.textContent && e")
+    line = response.json()["error"]
+    assert error.text == line[0].upper() + line[1:] and error.get_attribute("role") == "alert"
+    assert browser.find_element("id", "take").is_enabled()
+
+
+def test_text_search_when_the_model_has_a_text_tower(clip_with_tokenizer, browser, tmp_path):
+    import httpx
+    from click.testing import CliRunner
+
+    from indexer.cli import main as indexer
+
+    store = tmp_path / "store"
+    result = CliRunner().invoke(indexer, ["sync", str(DATA / "dam"), "--model", clip_with_tokenizer, "--qdrant-path", str(store), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with serving(store, tmp_path / "serve.log") as base:
+        answer = httpx.post(f"{base}/v1/search/text", json={"text": "black bag", "top_k": 10}, timeout=60).json()
+        browser.get(f"{base}/")
+        form = until(browser, "const f = document.getElementById('text-form'); return !f.hidden && f")
+        assert not browser.find_element("id", "category-field").is_displayed()  # no manifest, no categories
+        clear_results(browser)
+        browser.find_element("id", "text").send_keys("black bag")
+        form.find_element("css selector", "button").click()
+        wait_for_results(browser)
+        ids = browser.execute_script("return [...document.querySelectorAll('#results .product-id')].map(e => e.textContent)")
+        assert ids == [m["product_id"] for m in answer["matches"]] and len(ids) == 10
+        assert not browser.find_elements("css selector", "#results .photo, #results .box, #results .verdict")
+
+
+def test_a_server_with_an_api_key_asks_for_it_once(stores, browser, artefacts, tmp_path):
+    with serving(stores[1], tmp_path / "serve.log", env={"CATALOGUE_API_KEY": KEY}) as base:
+        browser.get(f"{base}/")
+        form = until(browser, "const f = document.getElementById('key-form'); return !f.hidden && f")
+        assert "needs an API key" in form.text
+        assert browser.switch_to.active_element == browser.find_element("id", "key")
+        screenshot(browser, artefacts / "page-api-key.png")
+        browser.find_element("id", "key").send_keys("wrong")
+        browser.find_element("css selector", "#key-form button").click()
+        until(browser, "return !document.getElementById('key-form').hidden && document.getElementById('key-reason').textContent.includes('refused')")
+
+        browser.find_element("id", "key").send_keys(KEY)
+        browser.find_element("css selector", "#key-form button").click()
+        until(browser, "return document.querySelectorAll('#category option').length > 1")
+        assert not browser.find_element("id", "key-form").is_displayed()
+        search_photo(browser, PHOTO)
+        assert first_card(browser) == EXPECTED
+        # Catalogue images need the key too: fetched with it into blob URLs.
+        until(browser, "const i = document.querySelector('#results .card img'); return i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0")
+
+        browser.refresh()  # the key is remembered on this device
+        until(browser, "return document.querySelectorAll('#category option').length > 1")
+        assert not browser.find_element("id", "key-form").is_displayed()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def open_page(browser, base: str) -> None:
+    browser.get(f"{base}/")
+    until(browser, "return document.querySelectorAll('#category option').length > 1")  # /v1/info answered
+
+
+def search_photo(browser, photo: Path, field: str = "file") -> None:
+    clear_results(browser)
+    browser.find_element("id", field).send_keys(str(photo))
+    wait_for_results(browser)
+
+
+def clear_results(browser) -> None:
+    browser.execute_script("document.getElementById('results').replaceChildren(); document.getElementById('error').textContent = ''")
+
+
+def wait_for_results(browser) -> None:
+    until(browser, "const r = document.getElementById('results'); return r.getAttribute('aria-busy') === 'false'"
+                   " && (r.querySelector('.card') || document.getElementById('error').textContent)")
+    assert browser.find_element("id", "error").text == ""
+
+
+def first_card(browser) -> str:
+    return browser.find_element("css selector", "#results .card .product-id").text
+
+
+def until(browser, script: str, timeout: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script), message=script)
+
+
+def api_search(base: str, photo: Path) -> dict:
+    response = httpx_post(base, photo)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def httpx_post(base: str, photo: Path):
+    import httpx
+
+    return httpx.post(f"{base}/v1/search", params={"top_k": 5}, files={"image": (photo.name, photo.read_bytes())}, timeout=60)
+
+
+def screenshot(browser, path: Path) -> None:
+    """The whole page, not only the window."""
+    import base64
+
+    width, height = browser.execute_script("return [window.innerWidth, document.documentElement.scrollHeight]")
+    clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
+    shot = browser.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+    path.write_bytes(base64.b64decode(shot["data"]))
+    print(f"screenshot: {path}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
