@@ -82,7 +82,10 @@ def save_random_clip(folder: Path) -> str:
 def measure(runtime: str, model: str, cache: Path, repeat: int) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", CHILD, runtime, model, str(cache), str(repeat)],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -124,8 +127,10 @@ def main() -> None:
             assert all(r["runtime"] == "OnnxEncoder" and not r["torch_imported"] for r in runs["onnx"]), runs["onnx"]
             onnx, torch = best(runs["onnx"]), best(runs["torch"])
 
-            print(f"\n{name}: export {export:.1f} s (after a {torch_load:.1f} s torch load in a warm process), "
-                  f"{path.stat().st_size / 1e6:.0f} MB")
+            print(
+                f"\n{name}: export {export:.1f} s (after a {torch_load:.1f} s torch load in a warm process), "
+                f"{path.stat().st_size / 1e6:.0f} MB"
+            )
             print(f"  {'best of ' + str(args.rounds) + ' runs':14s} {'onnx':>9s} {'torch':>9s} {'onnx/torch':>10s}")
             rows = [("import (s)", onnx["import_s"], torch["import_s"]), ("load (s)", onnx["load_s"], torch["load_s"])]
             rows += [(f"batch {b} (ms)", onnx["forward_ms"][str(b)], torch["forward_ms"][str(b)]) for b in BATCHES]

@@ -45,8 +45,11 @@ def main() -> None:
             medians = {stage: statistics.median(values) for stage, values in timings.items()}
             totals[name] = medians["total"]
             models = ",".join(s.model for s in searcher.specs)
-            print(f"{name:10s} ({models}, {len(photos)} photos): "
-                  + ", ".join(f"{stage} {ms:.0f}" for stage, ms in medians.items()) + " ms (medians)")
+            print(
+                f"{name:10s} ({models}, {len(photos)} photos): "
+                + ", ".join(f"{stage} {ms:.0f}" for stage, ms in medians.items())
+                + " ms (medians)"
+            )
         for name, total in totals.items():
             print(f"{name:10s} total {total:6.0f} ms   x{total / totals['none']:.2f} the whole-photo baseline")
     finally:

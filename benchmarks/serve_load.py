@@ -4,7 +4,7 @@
 
 Prints, on the given photos and the collection's models:
   in-process    median seconds of `Searcher.search_file` per photo (models loaded once, one thread)
-  first         the first HTTP search once /readyz says ready, against the warm median
+  first         the first HTTP search once /readyz says ready, against the same photo's warm median
   1 client      HTTP p50 / p95 and searches/s, one request at a time (`--rounds` passes over the photos)
   8 clients     searches/s with 8 concurrent clients (`--requests` in all), and any errors
   overload      a burst of workers + queue + 24 simultaneous searches: how many got 503, and
@@ -54,7 +54,9 @@ def in_process(store: Path, photos: list[Path], collection: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photos", type=Path)
-    parser.add_argument("--qdrant-path", type=Path, required=True, help="a synced embedded store (copied: the original is not touched)")
+    parser.add_argument(
+        "--qdrant-path", type=Path, required=True, help="a synced embedded store (copied: the original is not touched)"
+    )
     parser.add_argument("--collection", default="catalogue")
     parser.add_argument("--rounds", type=int, default=3, help="passes over the photos with one client")
     parser.add_argument("--requests", type=int, default=64, help="searches sent by the 8 concurrent clients")
@@ -76,9 +78,26 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(store), "--collection", args.collection, "--port", str(port),
-         "--workers", str(args.workers), "--queue", str(args.queue), "--device", "cpu"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "serve",
+            "--qdrant-path",
+            str(store),
+            "--collection",
+            args.collection,
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--queue",
+            str(args.queue),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     client = httpx.Client(timeout=120)
 
@@ -110,6 +129,7 @@ def main() -> None:
                 latencies.append(seconds)
         one_client = len(latencies) / (time.perf_counter() - t)
         warm = statistics.median(latencies)
+        warm_first = statistics.median(latencies[:: len(bodies)])  # the first photo, once warm
         p95 = statistics.quantiles(latencies, n=20)[-1]
 
         items = [bodies[i % len(bodies)] for i in range(args.requests)]
@@ -133,13 +153,19 @@ def main() -> None:
 
     print(f"{len(photos)} photos, models of {args.qdrant_path}, workers {args.workers}, queue {args.queue}")
     print(f"in-process search       {local * 1000:7.0f} ms per photo (median)")
-    print(f"first HTTP after ready  {first * 1000:7.0f} ms   x{first / warm:.2f} a warm request (target <= 1.2)")
-    print(f"1 client                p50 {warm * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms   x{warm / local:.2f} in-process (target <= 1.15); "
-          f"{one_client:.2f} searches/s")
-    print(f"8 clients               {eight_clients:.2f} searches/s   x{eight_clients / one_client:.2f} one client (target >= 1.3)")
+    print(f"first HTTP after ready  {first * 1000:7.0f} ms   x{first / warm_first:.2f} the same photo warm (target <= 1.2)")
+    print(
+        f"1 client                p50 {warm * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms   x{warm / local:.2f} in-process (target <= 1.15); "
+        f"{one_client:.2f} searches/s"
+    )
+    print(
+        f"8 clients               {eight_clients:.2f} searches/s   x{eight_clients / one_client:.2f} one client (target >= 1.3)"
+    )
     print(f"errors below the bound  {errors}")
-    print(f"overload burst of {burst}   {refused} refused with 503, {statuses.count(200)} answered, {others} other; "
-          f"healthy afterwards: {'yes' if healthy else 'NO'}")
+    print(
+        f"overload burst of {burst}   {refused} refused with 503, {statuses.count(200)} answered, {others} other; "
+        f"healthy afterwards: {'yes' if healthy else 'NO'}"
+    )
 
 
 if __name__ == "__main__":

@@ -69,8 +69,11 @@ def vectors(start: int, count: int, seed: int = 0):
 def payload(i: int, family: int) -> dict:
     lab = [30.0 + (family % 60), float((family * 13) % 100 - 50), float((family * 29) % 100 - 50)]
     return {
-        "product_id": f"P{family:05d}", "path": f"dam/{family % 97:02d}/P{family:05d}_{i}.jpg", "category": f"C{family % 12}",
-        "meta": {}, "file": {"size": 20000 + i, "mtime_ns": 1_700_000_000_000_000_000 + i, "sha256": f"{i:064x}"},
+        "product_id": f"P{family:05d}",
+        "path": f"dam/{family % 97:02d}/P{family:05d}_{i}.jpg",
+        "category": f"C{family % 12}",
+        "meta": {},
+        "file": {"size": 20000 + i, "mtime_ns": 1_700_000_000_000_000_000 + i, "sha256": f"{i:064x}"},
         "colour": {
             "dominant": {"L": lab[0], "a": lab[1], "b": lab[2]},
             "palette": [{"L": lab[0], "a": lab[1], "b": lab[2], "weight": 0.6}, {"L": 90.0, "a": 0.0, "b": 0.0, "weight": 0.4}],
@@ -121,10 +124,15 @@ def build(engine: str, folder: Path, size: int, quantization: str, on_disk: bool
 
         store = open_store(path=folder, create=True)
         catalogue = store.collection("catalogue")
-        catalogue.create([ModelSpec("bench", DIM)], root="/", settings=StorageSettings(quantization=quantization, on_disk=on_disk))
+        catalogue.create(
+            [ModelSpec("bench", DIM)], root="/", settings=StorageSettings(quantization=quantization, on_disk=on_disk)
+        )
         for start in range(0, size, BATCH):
             block, family = vectors(start, min(BATCH, size - start))
-            batch = [Point(point_id(str(start + j)), {"bench": v}, payload(start + j, int(f))) for j, (v, f) in enumerate(zip(block, family))]
+            batch = [
+                Point(point_id(str(start + j)), {"bench": v}, payload(start + j, int(f)))
+                for j, (v, f) in enumerate(zip(block, family))
+            ]
             t = time.perf_counter()
             catalogue.upsert(batch)
             upsert_seconds += time.perf_counter() - t
@@ -141,18 +149,24 @@ def build(engine: str, folder: Path, size: int, quantization: str, on_disk: bool
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             client = QdrantClient(path=str(folder))
-            client.create_collection("catalogue", vectors_config={"bench": qm.VectorParams(size=DIM, distance=qm.Distance.COSINE)})
+            client.create_collection(
+                "catalogue", vectors_config={"bench": qm.VectorParams(size=DIM, distance=qm.Distance.COSINE)}
+            )
             for start in range(0, size, BATCH):
                 block, family = vectors(start, min(BATCH, size - start))
-                batch = [qm.PointStruct(id=point_id(str(start + j)), vector={"bench": v.tolist()}, payload=payload(start + j, int(f)))
-                         for j, (v, f) in enumerate(zip(block, family))]
+                batch = [
+                    qm.PointStruct(id=point_id(str(start + j)), vector={"bench": v.tolist()}, payload=payload(start + j, int(f)))
+                    for j, (v, f) in enumerate(zip(block, family))
+                ]
                 t = time.perf_counter()
                 client.upsert("catalogue", points=batch)
                 upsert_seconds += time.perf_counter() - t
             client.close()
         index_seconds = 0.0
     return {
-        "upsert_per_s": size / upsert_seconds, "index_s": index_seconds, "build_s": time.perf_counter() - started,
+        "upsert_per_s": size / upsert_seconds,
+        "index_s": index_seconds,
+        "build_s": time.perf_counter() - started,
         "build_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -193,8 +207,13 @@ def query(engine: str, folder: Path, size: int, count: int, truth_file: Path) ->
         query_formula = qm.FormulaQuery.model_validate(formula(lab, 0.05, 20.0))
 
         def production(q):
-            return client.query_points("catalogue", prefetch=qm.Prefetch(query=q.tolist(), using="bench", limit=CANDIDATES),
-                                       query=query_formula, limit=CANDIDATES, with_payload=["product_id", "path"]).points
+            return client.query_points(
+                "catalogue",
+                prefetch=qm.Prefetch(query=q.tolist(), using="bench", limit=CANDIDATES),
+                query=query_formula,
+                limit=CANDIDATES,
+                with_payload=["product_id", "path"],
+            ).points
 
         def top10(q):
             return [str(p.id) for p in client.query_points("catalogue", query=q.tolist(), using="bench", limit=10).points]
@@ -208,8 +227,11 @@ def query(engine: str, folder: Path, size: int, count: int, truth_file: Path) ->
     hits = sum(len({id_of.get(h, -1) for h in top10(q)} & set(truth[n].tolist())) for n, q in enumerate(qs))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "open_s": opened, "p50_ms": statistics.median(latencies), "p95_ms": float(np.percentile(latencies, 95)),
-        "recall10": hits / (10 * len(qs)), "query_rss_mb": rss,
+        "open_s": opened,
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": float(np.percentile(latencies, 95)),
+        "recall10": hits / (10 * len(qs)),
+        "query_rss_mb": rss,
     }
 
 
@@ -254,22 +276,31 @@ def main() -> None:
                 built = run_phase("build", code, str(folder), str(size), args.quantization, "1" if args.on_disk else "0")
                 queried = run_phase("query", code, str(folder), str(size), str(args.queries), str(truth))
                 rows.append((size, engine, built, queried))
-                print(f"{size:>9,} {engine:10s} upsert {built['upsert_per_s']:8.0f}/s  index {built['index_s']:6.1f} s  "
-                      f"open {queried['open_s']:5.2f} s  query p50 {queried['p50_ms']:6.1f} ms p95 {queried['p95_ms']:6.1f} ms  "
-                      f"recall@10 {queried['recall10']:.3f}  RSS build {built['build_rss_mb']:.0f} MB, query {queried['query_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"{size:>9,} {engine:10s} upsert {built['upsert_per_s']:8.0f}/s  index {built['index_s']:6.1f} s  "
+                    f"open {queried['open_s']:5.2f} s  query p50 {queried['p50_ms']:6.1f} ms p95 {queried['p95_ms']:6.1f} ms  "
+                    f"recall@10 {queried['recall10']:.3f}  RSS build {built['build_rss_mb']:.0f} MB, query {queried['query_rss_mb']:.0f} MB",
+                    flush=True,
+                )
                 shutil.rmtree(folder, ignore_errors=True)
-        print(f"\n512-d, quantization {args.quantization}, vectors {'on disk' if args.on_disk else 'in memory'}, {args.queries} queries")
+        print(
+            f"\n512-d, quantization {args.quantization}, vectors {'on disk' if args.on_disk else 'in memory'}, {args.queries} queries"
+        )
         print("| points | engine | upsert | index build | open | query p50 / p95 | recall@10 | peak RSS build / query |")
         print("|---|---|---|---|---|---|---|---|")
         for size, engine, b, q in rows:
-            print(f"| {size:,} | {engine} | {b['upsert_per_s']:,.0f}/s | {b['index_s']:.1f} s | {q['open_s']:.2f} s | "
-                  f"{q['p50_ms']:.1f} / {q['p95_ms']:.1f} ms | {q['recall10']:.3f} | {b['build_rss_mb']:,.0f} / {q['query_rss_mb']:,.0f} MB |")
+            print(
+                f"| {size:,} | {engine} | {b['upsert_per_s']:,.0f}/s | {b['index_s']:.1f} s | {q['open_s']:.2f} s | "
+                f"{q['p50_ms']:.1f} / {q['p95_ms']:.1f} ms | {q['recall10']:.3f} | {b['build_rss_mb']:,.0f} / {q['query_rss_mb']:,.0f} MB |"
+            )
         baseline = {(s, e): q for s, e, _b, q in rows}
         for size in args.sizes:
             if (size, "local mode") in baseline:
                 edge, local = baseline[(size, "edge")], baseline[(size, "local mode")]
-                print(f"at {size:,}: the embedded engine opens x{local['open_s'] / edge['open_s']:.0f} faster and answers "
-                      f"x{local['p50_ms'] / edge['p50_ms']:.0f} faster (p50) than local mode")
+                print(
+                    f"at {size:,}: the embedded engine opens x{local['open_s'] / edge['open_s']:.0f} faster and answers "
+                    f"x{local['p50_ms'] / edge['p50_ms']:.0f} faster (p50) than local mode"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -60,7 +60,14 @@ def main() -> None:
         store = work / "qdrant"
         handle = open_store(path=store, create=True)
         loader = {e.model_id: e for e in encoders}
-        report = sync(dam, scanned, handle.collection("catalogue"), model=args.model, encoder_loader=lambda m, **_: loader[m], device=args.device)
+        report = sync(
+            dam,
+            scanned,
+            handle.collection("catalogue"),
+            model=args.model,
+            encoder_loader=lambda m, **_: loader[m],
+            device=args.device,
+        )
         first = report.to_dict()
         t = time.perf_counter()
         again = sync(dam, scan(dam), handle.collection("catalogue"))
@@ -73,17 +80,24 @@ def main() -> None:
             t = time.perf_counter()
             subprocess.run(
                 [sys.executable, "-m", "indexer.cli", "sync", str(dam), "--qdrant-path", str(store), "-q"],
-                check=True, capture_output=True,
+                check=True,
+                capture_output=True,
             )
             process_times.append(time.perf_counter() - t)
 
         print(f"images: {len(sources)}  model: {args.model}  device: {encoders[0].device}")
         print(f"baseline (serial, batch 1)  {baseline:7.1f} images/s   ({args.baseline_limit} images)")
-        print(f"indexer sync, first run     {first['images_per_second']:7.1f} images/s   x{first['images_per_second'] / baseline:.2f} the baseline")
-        print("  stage seconds (worker stages summed over threads): "
-              + ", ".join(f"{k} {v:.1f}" for k, v in first["stages"].items()))
-        print(f"re-sync, nothing changed    {resync_library * 1000:7.0f} ms in the library; whole process: "
-              f"{statistics.median(process_times):.2f} s (median of 3)")
+        print(
+            f"indexer sync, first run     {first['images_per_second']:7.1f} images/s   x{first['images_per_second'] / baseline:.2f} the baseline"
+        )
+        print(
+            "  stage seconds (worker stages summed over threads): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in first["stages"].items())
+        )
+        print(
+            f"re-sync, nothing changed    {resync_library * 1000:7.0f} ms in the library; whole process: "
+            f"{statistics.median(process_times):.2f} s (median of 3)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

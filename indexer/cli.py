@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
@@ -56,29 +55,78 @@ def _parse_renames(values: tuple[str, ...]) -> dict[str, str]:
     f"[env {MODEL_ENV_VAR}].",
 )
 @store_options
-@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False), help="CSV with a 'file' or 'product_id' column, optional 'category' and any other columns (stored under 'meta').")
-@click.option("--manifest-column", "manifest_columns", multiple=True, metavar="OLD=NEW", help="Rename a manifest column, e.g. MMC=product_id. Repeatable.")
-@click.option("--id-pattern", metavar="REGEX", help=r"Product id from the file stem: first group of REGEX, e.g. '^(.+?)(_\d+)?$' maps CODE_2.jpg to CODE.")
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CSV with a 'file' or 'product_id' column, optional 'category' and any other columns (stored under 'meta').",
+)
+@click.option(
+    "--manifest-column",
+    "manifest_columns",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="Rename a manifest column, e.g. MMC=product_id. Repeatable.",
+)
+@click.option(
+    "--id-pattern",
+    metavar="REGEX",
+    help=r"Product id from the file stem: first group of REGEX, e.g. '^(.+?)(_\d+)?$' maps CODE_2.jpg to CODE.",
+)
 @click.option("--reindex", is_flag=True, help="Drop the collection and encode everything again (needed to change model).")
 @click.option("--dry-run", is_flag=True, help="Only report what would change.")
 @device_option
 @click.option("--batch-size", type=click.IntRange(1), help="Images per model batch [default: 32].")
-@click.option("--workers", type=click.IntRange(1), default=4, show_default=True, help="Threads reading, decoding and preprocessing images.")
-@click.option("--colours", type=click.IntRange(1, 16), default=3, show_default=True, help="Palette size (k of the colour k-means).")
 @click.option(
-    "--quantization", type=click.Choice(QUANTIZATIONS), default=None,
+    "--workers", type=click.IntRange(1), default=4, show_default=True, help="Threads reading, decoding and preprocessing images."
+)
+@click.option(
+    "--colours", type=click.IntRange(1, 16), default=3, show_default=True, help="Palette size (k of the colour k-means)."
+)
+@click.option(
+    "--quantization",
+    type=click.Choice(QUANTIZATIONS),
+    default=None,
     help="New collection: keep an int8 copy of the vectors in RAM for the first pass, rescored with the originals "
     "(4x less memory; for hundreds of thousands of images and more) [default: none].",
 )
-@click.option("--on-disk/--in-memory", "on_disk", default=None, help="New collection: leave the original vectors on disk, memory-mapped [default: in memory].")
 @click.option(
-    "--hnsw-threshold", type=click.IntRange(1), default=None, envvar="CATALOGUE_HNSW_THRESHOLD",
+    "--on-disk/--in-memory",
+    "on_disk",
+    default=None,
+    help="New collection: leave the original vectors on disk, memory-mapped [default: in memory].",
+)
+@click.option(
+    "--hnsw-threshold",
+    type=click.IntRange(1),
+    default=None,
+    envvar="CATALOGUE_HNSW_THRESHOLD",
     help=f"New collection: search exactly below this many points per segment, build an HNSW index above [default: {DEFAULT_HNSW_THRESHOLD:,}; env CATALOGUE_HNSW_THRESHOLD].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manifest_columns, id_pattern, reindex, dry_run, device, runtime, batch_size, workers, colours, quantization, on_disk, hnsw_threshold, as_json, quiet) -> None:
+def sync(
+    dam: Path,
+    model,
+    qdrant_path,
+    qdrant_url,
+    collection,
+    manifest,
+    manifest_columns,
+    id_pattern,
+    reindex,
+    dry_run,
+    device,
+    runtime,
+    batch_size,
+    workers,
+    colours,
+    quantization,
+    on_disk,
+    hnsw_threshold,
+    as_json,
+    quiet,
+) -> None:
     """Make the collection mirror the DAM folder DAM.
 
     Walks DAM recursively (.jpg .jpeg .png .webp), encodes new and changed
@@ -97,7 +145,11 @@ def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manife
         id_pattern=compile_id_pattern(id_pattern),
         manifest=read_manifest(manifest, _parse_renames(manifest_columns)) if manifest else None,
     )
-    storage = {k: v for k, v in {"quantization": quantization, "on_disk": on_disk, "hnsw_threshold": hnsw_threshold}.items() if v is not None}
+    storage = {
+        k: v
+        for k, v in {"quantization": quantization, "on_disk": on_disk, "hnsw_threshold": hnsw_threshold}.items()
+        if v is not None
+    }
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection, create=True)
     bar = None
 
@@ -113,9 +165,20 @@ def sync(dam: Path, model, qdrant_path, qdrant_url, collection, manifest, manife
 
     try:
         report = run_sync(
-            dam, scanned, catalogue, model=model, reindex=reindex, dry_run=dry_run, **model_loading(device, runtime),
-            batch_size=batch_size, workers=workers, colours=colours, storage=storage,
-            on_plan=on_plan, progress=lambda n: bar.update(n) if bar else None, on_index=on_index,
+            dam,
+            scanned,
+            catalogue,
+            model=model,
+            reindex=reindex,
+            dry_run=dry_run,
+            **model_loading(device, runtime),
+            batch_size=batch_size,
+            workers=workers,
+            colours=colours,
+            storage=storage,
+            on_plan=on_plan,
+            progress=lambda n: bar.update(n) if bar else None,
+            on_index=on_index,
         )
     finally:
         if bar is not None:
@@ -142,11 +205,20 @@ def _print_summary(dam: Path, report) -> None:
     data = report.to_dict()
     verb = "Would sync" if report.dry_run else "Synced"
     click.echo(f"{verb} {dam} into collection '{report.collection}' ({', '.join(report.models)}) in {report.seconds:.1f} s")
-    rows = [(k, len(data[k]) if k in ("failed", "skipped") else data[k]) for k in ("added", "updated", "deleted", "unchanged", "failed", "skipped")]
+    rows = [
+        (k, len(data[k]) if k in ("failed", "skipped") else data[k])
+        for k in ("added", "updated", "deleted", "unchanged", "failed", "skipped")
+    ]
     click.echo(table(("", "images"), rows, align="lr"))
     if report.encoded:
-        stages = ", ".join(f"{k} {v:.1f} s" for k, v in data["stages"].items() if k in ("read", "decode", "colour", "preprocess", "encode", "upsert"))
-        click.echo(f"Encoded {report.encoded} images at {data['images_per_second']} images/s ({stages}; worker stages summed over threads)")
+        stages = ", ".join(
+            f"{k} {v:.1f} s"
+            for k, v in data["stages"].items()
+            if k in ("read", "decode", "colour", "preprocess", "encode", "upsert")
+        )
+        click.echo(
+            f"Encoded {report.encoded} images at {data['images_per_second']} images/s ({stages}; worker stages summed over threads)"
+        )
 
 
 @main.command()
@@ -177,7 +249,9 @@ def info(qdrant_path, qdrant_url, collection, as_json) -> None:
     if as_json:
         emit_json(data)
         return
-    click.echo(f"collection  {collection} in the {data['store']}\nimages      {data['images']}\nproducts    {data['products']}\nroot        {data['root']}")
+    click.echo(
+        f"collection  {collection} in the {data['store']}\nimages      {data['images']}\nproducts    {data['products']}\nroot        {data['root']}"
+    )
     for m in data["models"]:
         click.echo(f"model       {m['model']}  (vector '{m['vector']}', {m['dim']}-d)")
     if data["categories"]:
@@ -188,12 +262,16 @@ def info(qdrant_path, qdrant_url, collection, as_json) -> None:
         f"exact search below {storage['hnsw_threshold']:,} points per segment"
     )
     calibration = data["calibration"]
-    click.echo(f"confidence  {'calibrated on ' + calibration['source'] if calibration else 'built-in calibration (run search eval --calibrate)'}")
+    click.echo(
+        f"confidence  {'calibrated on ' + calibration['source'] if calibration else 'built-in calibration (run search eval --calibrate)'}"
+    )
 
 
 @main.command()
 @click.option(
-    "--qdrant-path", type=click.Path(file_okay=False), envvar="CATALOGUE_QDRANT_PATH",
+    "--qdrant-path",
+    type=click.Path(file_okay=False),
+    envvar="CATALOGUE_QDRANT_PATH",
     help="Embedded store to convert [env CATALOGUE_QDRANT_PATH; default ~/.local/share/catalogue-indexer/qdrant].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print what was converted as JSON.")

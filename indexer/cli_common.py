@@ -80,12 +80,20 @@ def device_option(command: Callable) -> Callable:
         return value
 
     command = click.option(
-        "--runtime", type=click.Choice(("auto", "torch", "onnx")), default="auto", show_default=True, envvar="CATALOGUE_RUNTIME",
+        "--runtime",
+        type=click.Choice(("auto", "torch", "onnx")),
+        default="auto",
+        show_default=True,
+        envvar="CATALOGUE_RUNTIME",
         help="auto: ONNX Runtime on the CPU (exported once into CATALOGUE_CACHE, ~/.cache/catalogue-indexer/onnx), "
         "torch on a GPU [env CATALOGUE_RUNTIME].",
     )(command)
     return click.option(
-        "--device", default="auto", show_default=True, envvar="CATALOGUE_DEVICE", callback=check,
+        "--device",
+        default="auto",
+        show_default=True,
+        envvar="CATALOGUE_DEVICE",
+        callback=check,
         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps [env CATALOGUE_DEVICE].",
     )(command)
 
@@ -110,9 +118,13 @@ def open_catalogue(qdrant_path: str | None, qdrant_url: str | None, collection: 
         raise click.UsageError("give --qdrant-path or --qdrant-url, not both")
     api_key = os.environ.get("QDRANT_API_KEY") or None
     if qdrant_url and api_key and qdrant_url.lower().startswith("http://"):
-        click.echo("Warning: QDRANT_API_KEY is sent in clear over http://; use an https:// URL beyond a private network.", err=True)
+        click.echo(
+            "Warning: QDRANT_API_KEY is sent in clear over http://; use an https:// URL beyond a private network.", err=True
+        )
     ctx = click.get_current_context()
-    store = open_store(path=None if qdrant_url else qdrant_path, url=qdrant_url, api_key=api_key, create=create, command=ctx.command_path)
+    store = open_store(
+        path=None if qdrant_url else qdrant_path, url=qdrant_url, api_key=api_key, create=create, command=ctx.command_path
+    )
     ctx.call_on_close(store.close)
     return store.collection(collection)
 

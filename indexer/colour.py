@@ -40,9 +40,7 @@ class Palette:
     def to_payload(self) -> dict:
         return {
             "dominant": _lab_dict(self.dominant),
-            "palette": [
-                {**_lab_dict(lab), "weight": round(float(w), 4)} for lab, w in zip(self.lab, self.weights)
-            ],
+            "palette": [{**_lab_dict(lab), "weight": round(float(w), 4)} for lab, w in zip(self.lab, self.weights)],
             "foreground": round(self.foreground_share, 4),
         }
 
@@ -109,9 +107,7 @@ def foreground_mask(lab: np.ndarray) -> np.ndarray:
     return foreground
 
 
-def extract_palette(
-    image: Image.Image, k: int = 3, *, mask: np.ndarray | None = None, seed: int = 0
-) -> Palette:
+def extract_palette(image: Image.Image, k: int = 3, *, mask: np.ndarray | None = None, seed: int = 0) -> Palette:
     """Dominant colours of `image`'s foreground (or of `mask`'s pixels when given).
 
     A `mask` must match the analysis size; callers that know where the product

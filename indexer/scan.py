@@ -179,14 +179,22 @@ def _source(root, real_root, path: Path, relative: str, id_pattern, manifest) ->
     if not stat.S_ISREG(info.st_mode):
         return ("fail", "not a regular file; only image files are read"), None
     if info.st_size > max_file_bytes():
-        return ("fail", f"larger than the {max_file_bytes() // 2**20:,} MB file limit; raise CATALOGUE_MAX_FILE_MB to accept it"), None
+        return (
+            "fail",
+            f"larger than the {max_file_bytes() // 2**20:,} MB file limit; raise CATALOGUE_MAX_FILE_MB to accept it",
+        ), None
     product_id = product_id_from_name(relative, id_pattern)
     row = manifest.row_for(relative, product_id) if manifest else {}
     product_id = row.get(PRODUCT_COLUMN) or product_id
     meta = {k: v for k, v in row.items() if k not in (FILE_COLUMN, PRODUCT_COLUMN, CATEGORY_COLUMN) and v}
     image = SourceImage(
-        path=path, relative=relative, product_id=product_id, size=info.st_size, mtime_ns=info.st_mtime_ns,
-        category=row.get(CATEGORY_COLUMN) or None, meta=meta,
+        path=path,
+        relative=relative,
+        product_id=product_id,
+        size=info.st_size,
+        mtime_ns=info.st_mtime_ns,
+        category=row.get(CATEGORY_COLUMN) or None,
+        meta=meta,
     )
     return ("ok", ""), image
 

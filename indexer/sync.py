@@ -153,7 +153,9 @@ def sync(
                 f"are fixed when a collection is made: add --reindex to rebuild it with {_describe(settings)}"
             )
 
-    report = SyncReport(dry_run=dry_run, collection=catalogue.name, models=wanted, failed=list(scanned.failed), skipped=list(scanned.skipped))
+    report = SyncReport(
+        dry_run=dry_run, collection=catalogue.name, models=wanted, failed=list(scanned.failed), skipped=list(scanned.skipped)
+    )
     indexed = {} if (reindex or not exists) else {image.path: image for image in catalogue.indexed_images()}
     if indexed and not reindex:
         _refuse_another_folder(catalogue, root, indexed, scanned)
@@ -270,14 +272,17 @@ def _metadata_differs(source: SourceImage, stored: IndexedImage) -> bool:
 def _metadata_payload(source: SourceImage, sha256: str) -> dict:
     """Every payload field except the colours, which only change with the pixels."""
     return image_payload(
-        product_id=source.product_id, path=source.relative, category=source.category, meta=source.meta,
-        size=source.size, mtime_ns=source.mtime_ns, sha256=sha256,
+        product_id=source.product_id,
+        path=source.relative,
+        category=source.category,
+        meta=source.meta,
+        size=source.size,
+        mtime_ns=source.mtime_ns,
+        sha256=sha256,
     )
 
 
-def _prepare(
-    source: SourceImage, known_sha256: str | None, encoders: list[Encoder], colours: int
-) -> _Prepared:
+def _prepare(source: SourceImage, known_sha256: str | None, encoders: list[Encoder], colours: int) -> _Prepared:
     """Worker-thread stage: read, hash, decode, colours, model inputs. Never raises for bad files."""
     # scipy: only paid for when something is encoded
     from indexer.colour import extract_palette

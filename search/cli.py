@@ -39,23 +39,69 @@ def ranking_options(command):
     """Options shared by every command that ranks products."""
     decorators = [
         click.option("--top-k", type=click.IntRange(1), default=10, show_default=True, help="Products to return."),
-        click.option("--candidates", type=click.IntRange(1), default=100, show_default=True, help="Nearest catalogue images to re-score."),
-        click.option("--alpha", type=click.FloatRange(0), default=DEFAULT_ALPHA, show_default=True, help="Weight of the colour bonus."),
-        click.option("--threshold", type=click.FloatRange(0), default=DEFAULT_THRESHOLD, show_default=True, help="CIELAB distance beyond which colour gives no bonus."),
+        click.option(
+            "--candidates", type=click.IntRange(1), default=100, show_default=True, help="Nearest catalogue images to re-score."
+        ),
+        click.option(
+            "--alpha", type=click.FloatRange(0), default=DEFAULT_ALPHA, show_default=True, help="Weight of the colour bonus."
+        ),
+        click.option(
+            "--threshold",
+            type=click.FloatRange(0),
+            default=DEFAULT_THRESHOLD,
+            show_default=True,
+            help="CIELAB distance beyond which colour gives no bonus.",
+        ),
         click.option("--no-colour", "no_colour", is_flag=True, help="Rank by cosine only."),
-        click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Payload filter, e.g. category='W Bags' or meta.season=SS24. Repeatable (all must hold)."),
-        click.option("--model", envvar=MODEL_ENV_VAR, help=f"Must match the collection's model; default: the collection's [env {MODEL_ENV_VAR}]."),
+        click.option(
+            "--filter",
+            "filters",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Payload filter, e.g. category='W Bags' or meta.season=SS24. Repeatable (all must hold).",
+        ),
+        click.option(
+            "--model",
+            envvar=MODEL_ENV_VAR,
+            help=f"Must match the collection's model; default: the collection's [env {MODEL_ENV_VAR}].",
+        ),
         device_option,
         click.option(
-            "--locate", type=click.Choice(["centre", "none", "proposals", "owlv2"]), default="centre", show_default=True,
+            "--locate",
+            type=click.Choice(["centre", "none", "proposals", "owlv2"]),
+            default="centre",
+            show_default=True,
             envvar="CATALOGUE_LOCATE",
             help="How to find the product: centre views + cut-out (default), none (whole photo), "
             "proposals (model-free, several products), owlv2 (detector, several products).",
         ),
-        click.option("--detector", default=None, metavar="ID_OR_PATH", help="OWLv2 checkpoint for --locate owlv2 [default: google/owlv2-base-patch16-ensemble]."),
-        click.option("--prompt", "prompts", multiple=True, metavar="TEXT[=CATEGORY]", help="What --locate owlv2 looks for, e.g. 'a handbag=W Bags' (searched within that category). Repeatable."),
-        click.option("--max-products", type=click.IntRange(1), default=5, show_default=True, help="Most products reported per photo by proposals/owlv2."),
-        click.option("--min-confidence", type=click.FloatRange(0, 1), default=DEFAULT_MIN_CONFIDENCE, show_default=True, help="Below this calibrated probability the top answer is flagged 'no confident match'."),
+        click.option(
+            "--detector",
+            default=None,
+            metavar="ID_OR_PATH",
+            help="OWLv2 checkpoint for --locate owlv2 [default: google/owlv2-base-patch16-ensemble].",
+        ),
+        click.option(
+            "--prompt",
+            "prompts",
+            multiple=True,
+            metavar="TEXT[=CATEGORY]",
+            help="What --locate owlv2 looks for, e.g. 'a handbag=W Bags' (searched within that category). Repeatable.",
+        ),
+        click.option(
+            "--max-products",
+            type=click.IntRange(1),
+            default=5,
+            show_default=True,
+            help="Most products reported per photo by proposals/owlv2.",
+        ),
+        click.option(
+            "--min-confidence",
+            type=click.FloatRange(0, 1),
+            default=DEFAULT_MIN_CONFIDENCE,
+            show_default=True,
+            help="Below this calibrated probability the top answer is flagged 'no confident match'.",
+        ),
     ]
     for decorate in reversed(decorators):
         command = decorate(command)
@@ -86,8 +132,13 @@ def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confid
     from search.options import make_options
 
     return make_options(
-        top_k=top_k, candidates=candidates, alpha=alpha, threshold=threshold,
-        colour=not no_colour, filters=filters, min_confidence=min_confidence,
+        top_k=top_k,
+        candidates=candidates,
+        alpha=alpha,
+        threshold=threshold,
+        colour=not no_colour,
+        filters=filters,
+        min_confidence=min_confidence,
     )
 
 
@@ -96,9 +147,32 @@ def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confid
 @ranking_options
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (a list, one entry per photo).")
-@click.option("-v", "--verbose", is_flag=True, help="Also print where the time went (start-up, store, models, each stage) on stderr.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also print where the time went (start-up, store, models, each stage) on stderr."
+)
 @reports_errors
-def image(photos, top_k, candidates, alpha, threshold, no_colour, filters, model, device, runtime, locate, detector, prompts, max_products, min_confidence, qdrant_path, qdrant_url, collection, as_json, verbose) -> None:
+def image(
+    photos,
+    top_k,
+    candidates,
+    alpha,
+    threshold,
+    no_colour,
+    filters,
+    model,
+    device,
+    runtime,
+    locate,
+    detector,
+    prompts,
+    max_products,
+    min_confidence,
+    qdrant_path,
+    qdrant_url,
+    collection,
+    as_json,
+    verbose,
+) -> None:
     """Rank catalogue products for each photo in PHOTOS.
 
     Each row is a product with its best-matching catalogue image: final
@@ -160,7 +234,9 @@ def _print_result(result, options, multiple: bool) -> None:
         if len(result.groups) > 1:
             x0, y0, x1, y1 = group.region.box
             what = f" {group.region.label}" if group.region.label else ""
-            click.echo(f"{'' if n == 0 else chr(10)}product {n + 1}{what} at ({x0},{y0})-({x1},{y1}), region score {group.region.score:.3f}")
+            click.echo(
+                f"{'' if n == 0 else chr(10)}product {n + 1}{what} at ({x0},{y0})-({x1},{y1}), region score {group.region.score:.3f}"
+            )
         if not group.matches:
             click.echo("no product matches (check --filter and the collection)")
             continue
@@ -183,19 +259,54 @@ def _floats(value: str, name: str) -> list[float]:
 
 @main.command(name="eval")
 @click.option("--queries", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder of query photos.")
-@click.option("--ground-truth", required=True, type=click.Path(path_type=Path, dir_okay=False), help="CSV of query,reference rows (reference: image file name or product id; several rows per query allowed).")
+@click.option(
+    "--ground-truth",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CSV of query,reference rows (reference: image file name or product id; several rows per query allowed).",
+)
 @ranking_options
 @click.option("--k", "ks", default="1,5,10", show_default=True, help="Cut-offs for top-k accuracy.")
 @click.option("--sweep", is_flag=True, help="Also rank under every --alphas x --thresholds pair and report the best.")
 @click.option("--alphas", default="0.01,0.02,0.05,0.1,0.2,0.3", show_default=True, help="Alpha grid for --sweep.")
 @click.option("--thresholds", default="10,20,30,40,60", show_default=True, help="Threshold grid for --sweep.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False), help="Write a self-contained HTML report here.")
-@click.option("--calibrate", is_flag=True, help="Fit the 'no confident match' calibration on these photos and store it in the collection.")
+@click.option(
+    "--calibrate", is_flag=True, help="Fit the 'no confident match' calibration on these photos and store it in the collection."
+)
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON, per-query ranks included.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_colour, filters, model, device, runtime, locate, detector, prompts, max_products, min_confidence, ks, sweep, alphas, thresholds, report, calibrate, qdrant_path, qdrant_url, collection, as_json, quiet) -> None:
+def eval_command(
+    queries,
+    ground_truth,
+    top_k,
+    candidates,
+    alpha,
+    threshold,
+    no_colour,
+    filters,
+    model,
+    device,
+    runtime,
+    locate,
+    detector,
+    prompts,
+    max_products,
+    min_confidence,
+    ks,
+    sweep,
+    alphas,
+    thresholds,
+    report,
+    calibrate,
+    qdrant_path,
+    qdrant_url,
+    collection,
+    as_json,
+    quiet,
+) -> None:
     """Measure how well search names the products in labelled photos.
 
     Every photo in --queries with a row in --ground-truth goes through the
@@ -217,14 +328,18 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
         raise click.BadParameter("give at least one k >= 1", param_hint="--k")
     grid = (_floats(alphas, "--alphas"), _floats(thresholds, "--thresholds")) if sweep else None
     truth = read_ground_truth(ground_truth)
-    searcher = _searcher(open_catalogue(qdrant_path, qdrant_url, collection), model, device, runtime, locate, detector, prompts, max_products)
+    searcher = _searcher(
+        open_catalogue(qdrant_path, qdrant_url, collection), model, device, runtime, locate, detector, prompts, max_products
+    )
     photos = sum(1 for name in query_photos(queries) if name in truth)
     with progress_bar(photos, "evaluating", enabled=not quiet) as bar:
         run = run_evaluation(searcher, queries, truth, options, ks=cutoffs, sweep=grid, calibrate=calibrate, progress=bar.update)
     if report:
         from search.report import write_report
 
-        write_report(run.evaluation, report, queries_dir=queries, shown_setting=run.shown, reference_images=searcher.reference_images())
+        write_report(
+            run.evaluation, report, queries_dir=queries, shown_setting=run.shown, reference_images=searcher.reference_images()
+        )
         click.echo(f"Report written to {report}", err=True)
     if as_json:
         emit_json(run.to_dict(searcher))
@@ -241,7 +356,9 @@ def eval_command(queries, ground_truth, top_k, candidates, alpha, threshold, no_
             f"answers flagged, {confidence['flagged_right']:.0%} of right ones"
         )
     if fitted:
-        click.echo(f"Calibrated on {fitted['samples']} answers ({fitted['right']} right): AUC {fitted['auc']:.3f}; stored in collection '{collection}'")
+        click.echo(
+            f"Calibrated on {fitted['samples']} answers ({fitted['right']} right): AUC {fitted['auc']:.3f}; stored in collection '{collection}'"
+        )
 
 
 def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> None:
@@ -254,17 +371,30 @@ def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> N
     rows = []
     for setting in evaluation.settings if sweep else evaluation.settings[:2]:
         m = evaluation.metrics(setting.name)
-        rows.append([setting.name] + [f"{m[f'top{k}']:.1%}" for k in ks] + [f"{m['mrr']:.3f}", "-" if m["median_rank"] is None else f"{m['median_rank']:g}"])
+        rows.append(
+            [setting.name]
+            + [f"{m[f'top{k}']:.1%}" for k in ks]
+            + [f"{m['mrr']:.3f}", "-" if m["median_rank"] is None else f"{m['median_rank']:g}"]
+        )
     click.echo(table(["setting"] + [f"top-{k}" for k in ks] + ["MRR", "median rank"], rows, align="l" + "r" * (len(ks) + 2)))
     if sweep:
         m = evaluation.metrics(best.name)
-        click.echo(f"Best of the sweep: alpha={best.alpha:g} threshold={best.threshold:g} (MRR {m['mrr']:.3f}, top-1 {m[f'top{ks[0]}']:.1%})")
+        click.echo(
+            f"Best of the sweep: alpha={best.alpha:g} threshold={best.threshold:g} (MRR {m['mrr']:.3f}, top-1 {m[f'top{ks[0]}']:.1%})"
+        )
     m = evaluation.metrics(shown)
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"
-    click.echo(f"Mean cosine of the top-1 match ({shown}): correct {fmt(m['mean_cosine_top1_correct'])}, incorrect {fmt(m['mean_cosine_top1_incorrect'])}")
+
+    def fmt(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    click.echo(
+        f"Mean cosine of the top-1 match ({shown}): correct {fmt(m['mean_cosine_top1_correct'])}, incorrect {fmt(m['mean_cosine_top1_incorrect'])}"
+    )
     if m["by_category"]:
         click.echo(f"\nPer category ({shown}):")
-        cat_rows = [[name] + [c["n"]] + [f"{c[f'top{k}']:.1%}" for k in ks] + [f"{c['mrr']:.3f}"] for name, c in m["by_category"].items()]
+        cat_rows = [
+            [name] + [c["n"]] + [f"{c[f'top{k}']:.1%}" for k in ks] + [f"{c['mrr']:.3f}"] for name, c in m["by_category"].items()
+        ]
         click.echo(table(["category", "photos"] + [f"top-{k}" for k in ks] + ["MRR"], cat_rows, align="lr" + "r" * (len(ks) + 1)))
     for query, why in evaluation.skipped:
         click.echo(f"skipped: {query}: {why}", err=True)
@@ -276,7 +406,9 @@ def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> N
 @click.argument("text")
 @click.option("--top-k", type=int, default=10, show_default=True, help="Products to return.")
 @click.option("--candidates", type=int, default=100, show_default=True, help="Nearest catalogue images looked at.")
-@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Payload filter, e.g. category='W Bags'. Repeatable.")
+@click.option(
+    "--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Payload filter, e.g. category='W Bags'. Repeatable."
+)
 @click.option("--model", envvar=MODEL_ENV_VAR, help=f"Must match the collection's model [env {MODEL_ENV_VAR}].")
 @device_option
 @store_options
@@ -315,27 +447,124 @@ def text(text, top_k, candidates, filters, model, device, runtime, qdrant_path, 
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="CATALOGUE_HOST", help="Address to listen on; 0.0.0.0 for every interface [env CATALOGUE_HOST].")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, envvar="CATALOGUE_PORT", help="Port [env CATALOGUE_PORT].")
-@click.option("--model", envvar=MODEL_ENV_VAR, help=f"Must match the collection's model; default: the collection's [env {MODEL_ENV_VAR}].")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="CATALOGUE_HOST",
+    help="Address to listen on; 0.0.0.0 for every interface [env CATALOGUE_HOST].",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    envvar="CATALOGUE_PORT",
+    help="Port [env CATALOGUE_PORT].",
+)
+@click.option(
+    "--model", envvar=MODEL_ENV_VAR, help=f"Must match the collection's model; default: the collection's [env {MODEL_ENV_VAR}]."
+)
 @device_option
-@click.option("--locate", type=click.Choice(["centre", "none", "proposals", "owlv2"]), default="centre", show_default=True, envvar="CATALOGUE_LOCATE", help="Default localiser; a request may ask for centre, none or proposals.")
+@click.option(
+    "--locate",
+    type=click.Choice(["centre", "none", "proposals", "owlv2"]),
+    default="centre",
+    show_default=True,
+    envvar="CATALOGUE_LOCATE",
+    help="Default localiser; a request may ask for centre, none or proposals.",
+)
 @click.option("--detector", default=None, metavar="ID_OR_PATH", help="OWLv2 checkpoint for --locate owlv2.")
 @click.option("--prompt", "prompts", multiple=True, metavar="TEXT[=CATEGORY]", help="What --locate owlv2 looks for. Repeatable.")
-@click.option("--max-products", type=click.IntRange(1), default=5, show_default=True, help="Most products reported per photo by proposals/owlv2.")
-@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True, envvar="CATALOGUE_WORKERS", help="Searches run at once (their model forwards are batched together).")
-@click.option("--queue", type=click.IntRange(0, 10_000), default=16, show_default=True, envvar="CATALOGUE_QUEUE", help="Searches waiting beyond the workers; past that, 503 with Retry-After at once.")
-@click.option("--max-batch", type=click.IntRange(1, 512), default=32, show_default=True, help="Most images in one shared model forward.")
-@click.option("--batch-wait-ms", type=click.FloatRange(0, 100), default=2.0, show_default=True, help="How long a forward waits for other searches to join it.")
-@click.option("--max-upload-mb", type=click.FloatRange(0.01, 1024), default=25.0, show_default=True, envvar="CATALOGUE_MAX_UPLOAD_MB", help="Largest photo accepted (413 beyond) [env CATALOGUE_MAX_UPLOAD_MB].")
-@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Allow pages from this origin to call the API (off by default). Repeatable.")
+@click.option(
+    "--max-products",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Most products reported per photo by proposals/owlv2.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    envvar="CATALOGUE_WORKERS",
+    help="Searches run at once (their model forwards are batched together).",
+)
+@click.option(
+    "--queue",
+    type=click.IntRange(0, 10_000),
+    default=16,
+    show_default=True,
+    envvar="CATALOGUE_QUEUE",
+    help="Searches waiting beyond the workers; past that, 503 with Retry-After at once.",
+)
+@click.option(
+    "--max-batch", type=click.IntRange(1, 512), default=32, show_default=True, help="Most images in one shared model forward."
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(0, 100),
+    default=2.0,
+    show_default=True,
+    help="How long a forward waits for other searches to join it.",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(0.01, 1024),
+    default=25.0,
+    show_default=True,
+    envvar="CATALOGUE_MAX_UPLOAD_MB",
+    help="Largest photo accepted (413 beyond) [env CATALOGUE_MAX_UPLOAD_MB].",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Allow pages from this origin to call the API (off by default). Repeatable.",
+)
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key (PEM).")
-@click.option("--watch", type=click.Path(path_type=Path, file_okay=False), default=None, help="Keep the collection in sync with this DAM folder while serving (new, changed and deleted images within seconds).")
-@click.option("--watch-interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True, help="Seconds between looks at the --watch folder.")
+@click.option(
+    "--watch",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Keep the collection in sync with this DAM folder while serving (new, changed and deleted images within seconds).",
+)
+@click.option(
+    "--watch-interval",
+    type=click.FloatRange(0.2, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between looks at the --watch folder.",
+)
 @store_options
 @reports_errors
-def serve(host, port, model, device, runtime, locate, detector, prompts, max_products, workers, queue, max_batch, batch_wait_ms, max_upload_mb, cors_origins, tls_cert, tls_key, watch, watch_interval, qdrant_path, qdrant_url, collection) -> None:
+def serve(
+    host,
+    port,
+    model,
+    device,
+    runtime,
+    locate,
+    detector,
+    prompts,
+    max_products,
+    workers,
+    queue,
+    max_batch,
+    batch_wait_ms,
+    max_upload_mb,
+    cors_origins,
+    tls_cert,
+    tls_key,
+    watch,
+    watch_interval,
+    qdrant_path,
+    qdrant_url,
+    collection,
+) -> None:
     """Serve search over HTTP: a JSON API and a page for store staff at /.
 
     Loads the models and opens the store once; answers /healthz at once and
@@ -363,13 +592,30 @@ def serve(host, port, model, device, runtime, locate, detector, prompts, max_pro
         raise click.UsageError("give --qdrant-path or --qdrant-url, not both")
     detector_options = _detector_options(locate, detector, prompts, max_products)
     config = ServeConfig(
-        qdrant_path=qdrant_path, qdrant_url=qdrant_url, api_key=os.environ.get("QDRANT_API_KEY") or None, collection=collection,
-        model=model, model_loading=model_loading(device, runtime), locate=locate, detector_options=detector_options,
-        workers=workers, queue=queue, max_batch=max_batch, batch_wait=batch_wait_ms / 1000, watch=watch, watch_interval=watch_interval,
+        qdrant_path=qdrant_path,
+        qdrant_url=qdrant_url,
+        api_key=os.environ.get("QDRANT_API_KEY") or None,
+        collection=collection,
+        model=model,
+        model_loading=model_loading(device, runtime),
+        locate=locate,
+        detector_options=detector_options,
+        workers=workers,
+        queue=queue,
+        max_batch=max_batch,
+        batch_wait=batch_wait_ms / 1000,
+        watch=watch,
+        watch_interval=watch_interval,
     )
     code = run(
-        config, host=host, port=port, api_key=os.environ.get("CATALOGUE_API_KEY") or None, max_upload_mb=max_upload_mb,
-        cors_origins=cors_origins, tls_cert=tls_cert, tls_key=tls_key,
+        config,
+        host=host,
+        port=port,
+        api_key=os.environ.get("CATALOGUE_API_KEY") or None,
+        max_upload_mb=max_upload_mb,
+        cors_origins=cors_origins,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     raise SystemExit(code)
 

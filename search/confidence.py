@@ -53,7 +53,13 @@ class Calibration:
     def from_metadata(cls, data: dict | None) -> Calibration:
         if not data:
             return BUILT_IN
-        return cls(float(data["weight_top"]), float(data["weight_margin"]), float(data["bias"]), str(data["source"]), int(data["samples"]))
+        return cls(
+            float(data["weight_top"]),
+            float(data["weight_margin"]),
+            float(data["bias"]),
+            str(data["source"]),
+            int(data["samples"]),
+        )
 
 
 def signals(scores: Sequence[float]) -> tuple[float, float]:

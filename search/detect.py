@@ -88,8 +88,12 @@ class OwlDetector(Localiser):
         import torch
 
         inputs = self._processor(
-            text=[[p.text for p in self.prompts]], images=image, return_tensors="pt",
-            padding="max_length", max_length=PROMPT_TOKENS, truncation=True,
+            text=[[p.text for p in self.prompts]],
+            images=image,
+            return_tensors="pt",
+            padding="max_length",
+            max_length=PROMPT_TOKENS,
+            truncation=True,
         ).to(self.device)
         with torch.inference_mode():
             outputs = self._model(**inputs)

@@ -318,12 +318,21 @@ def run_evaluation(
     too. `calibrate` fits the confidence on these photos and stores it in the collection."""
     settings = [Setting("cosine only", False, 0.0, options.threshold)]
     if options.colour:
-        settings.append(Setting(f"colour alpha={options.alpha:g},threshold={options.threshold:g}", True, options.alpha, options.threshold))
+        settings.append(
+            Setting(f"colour alpha={options.alpha:g},threshold={options.threshold:g}", True, options.alpha, options.threshold)
+        )
     grid = grid_settings(*sweep) if sweep else []
     settings += [s for s in grid if (s.alpha, s.threshold) != (options.alpha, options.threshold) or not options.colour]
     evaluation = evaluate(
-        searcher, queries_dir, truth, settings, candidates=options.candidates, top_k=options.top_k, ks=ks,
-        filters=options.filters, progress=progress,
+        searcher,
+        queries_dir,
+        truth,
+        settings,
+        candidates=options.candidates,
+        top_k=options.top_k,
+        ks=ks,
+        filters=options.filters,
+        progress=progress,
     )
     shown = settings[1].name if options.colour else settings[0].name
     best = evaluation.best([s for s in settings if s.colour] or settings)
@@ -333,7 +342,9 @@ def run_evaluation(
         from search.confidence import fit
 
         try:
-            calibration, calibrated = fit(evaluation.calibration_samples(shown), source=f"{len(evaluation.results)} photos in {queries_dir}")
+            calibration, calibrated = fit(
+                evaluation.calibration_samples(shown), source=f"{len(evaluation.results)} photos in {queries_dir}"
+            )
         except ValueError as exc:
             raise BadInputError(f"cannot calibrate on {queries_dir}: {exc}") from None
         searcher.catalogue.update_metadata(calibration=calibration.to_metadata())

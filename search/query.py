@@ -86,8 +86,12 @@ class Match:
             "image": self.image,
             "category": self.category,
             "point_id": self.point_id,
-            "colour": None if self.colour is None else {
-                "L": round(float(self.colour[0]), 2), "a": round(float(self.colour[1]), 2), "b": round(float(self.colour[2]), 2),
+            "colour": None
+            if self.colour is None
+            else {
+                "L": round(float(self.colour[0]), 2),
+                "a": round(float(self.colour[1]), 2),
+                "b": round(float(self.colour[2]), 2),
                 "hex": lab_to_hex(self.colour),
             },
         }
@@ -184,13 +188,17 @@ class Searcher:
             elif name == "none":
                 self._localisers[name] = locate.WholePhoto()
             elif name == "proposals":
-                self._localisers[name] = locate.CropProposals(self._productness, max_regions=self._detector_options.get("max_regions", 5))
+                self._localisers[name] = locate.CropProposals(
+                    self._productness, max_regions=self._detector_options.get("max_regions", 5)
+                )
             elif name == "owlv2":
                 from indexer.encoders import resolve_device
                 from search.detect import OwlDetector
 
                 options = {k: v for k, v in self._detector_options.items() if k != "max_regions"}
-                self._localisers[name] = OwlDetector(device=resolve_device(self._device), max_regions=self._detector_options.get("max_regions", 5), **options)
+                self._localisers[name] = OwlDetector(
+                    device=resolve_device(self._device), max_regions=self._detector_options.get("max_regions", 5), **options
+                )
             else:
                 raise OptionError(f"locate {name!r}: choose one of {', '.join(LOCALISERS)}")
         return self._localisers[name]
@@ -357,11 +365,11 @@ def rank(candidates: list[Candidate], palette: Palette | None, options: SearchOp
     """Colour re-scoring (none without a query palette), then one row per product (its best image), best first."""
     scored = []
     for c in candidates:
-        distance = float(lab_distance(palette.dominant, c.dominant_lab)) if c.dominant_lab is not None and palette is not None else None
+        distance = (
+            float(lab_distance(palette.dominant, c.dominant_lab)) if c.dominant_lab is not None and palette is not None else None
+        )
         bonus = (
-            float(colour_bonus(distance, options.alpha, options.threshold))
-            if options.colour and distance is not None
-            else 0.0
+            float(colour_bonus(distance, options.alpha, options.threshold)) if options.colour and distance is not None else 0.0
         )
         scored.append((c.cosine + bonus, bonus, distance, c))
     scored.sort(key=lambda s: (-s[0], s[3].product_id, s[3].path))

@@ -49,14 +49,18 @@ def write_report(
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
-        (f"<p>{len(evaluation.results)} photos, {evaluation.seconds:.1f} s. "
-        f"Rows below use <b>{e(shown_setting)}</b>; green frame = correct product.</p>"),
+        (
+            f"<p>{len(evaluation.results)} photos, {evaluation.seconds:.1f} s. "
+            f"Rows below use <b>{e(shown_setting)}</b>; green frame = correct product.</p>"
+        ),
         _summary_table(evaluation, evaluation.settings[:2]),
     ]
     if len(evaluation.settings) > 2:
         best = evaluation.best([s for s in evaluation.settings if s.colour] or evaluation.settings)
         parts.append(f"<p>Best of the sweep: <b>{e(best.name)}</b></p>")
-        parts.append(f"<details><summary>All {len(evaluation.settings)} settings</summary>{_summary_table(evaluation, evaluation.settings)}</details>")
+        parts.append(
+            f"<details><summary>All {len(evaluation.settings)} settings</summary>{_summary_table(evaluation, evaluation.settings)}</details>"
+        )
     if evaluation.skipped or evaluation.missing_references:
         parts.append("<h2>Not evaluated</h2><ul>")
         parts += [f"<li>{e(q)}: {e(why)}</li>" for q, why in evaluation.skipped]

@@ -46,10 +46,22 @@ def _save_tiny_clip(folder: Path, projection_dim: int, seed: int) -> Path:
 
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-                         "vocab_size": 99, "max_position_embeddings": 32},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-                           "image_size": 32, "patch_size": 8},
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": 99,
+            "max_position_embeddings": 32,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=projection_dim,
     )
     CLIPModel(config).save_pretrained(folder)
@@ -82,8 +94,11 @@ def write_tokenizer(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     # The text tower pools at the end-of-text token: the config must name this vocabulary's.
     config = json.loads((folder / "config.json").read_text())
-    config["text_config"] |= {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-                              "pad_token_id": vocab["<|endoftext|>"]}
+    config["text_config"] |= {
+        "bos_token_id": vocab["<|startoftext|>"],
+        "eos_token_id": vocab["<|endoftext|>"],
+        "pad_token_id": vocab["<|endoftext|>"],
+    }
     (folder / "config.json").write_text(json.dumps(config))
 
 

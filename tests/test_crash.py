@@ -47,7 +47,8 @@ def test_sync_killed_at_random_moments_converges(tmp_path, tiny_clip, cli):
         store = tmp_path / f"qdrant-{attempt}"
         process = subprocess.Popen(
             sync_command(dam, store, tiny_clip, "--batch-size", "2", "--workers", "1", "-q"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(delay * timing.uniform(0.8, 1.2))
         process.send_signal(signal.SIGKILL)
@@ -95,7 +96,10 @@ def test_sync_killed_while_building_the_index_converges(tmp_path, tiny_clip, cli
         store = tmp_path / f"qdrant-{attempt}"
         # A low threshold makes this small collection get an HNSW graph, built at the end of the sync.
         process = subprocess.Popen(
-            sync_command(dam, store, tiny_clip, "--hnsw-threshold", "10"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            sync_command(dam, store, tiny_clip, "--hnsw-threshold", "10"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for line in process.stderr:
             if "Building the search index" in line:

@@ -69,7 +69,10 @@ def test_preprocessing_keeps_the_whole_catalogue_shot(lite0):
 def test_similar_products_are_closer_than_unrelated_ones(lite0):
     # Two colour codes of one shoe share a photo; a watch and a bag are unrelated to each other.
     shoe_a, shoe_b, watch, bag = lite0.embed(
-        [load_rgb(DATA / "dam" / f"{name}.jpeg") for name in ("KCQ858SBXS70K", "KCQ858SBXS89K", "CDBC041140000", "M3550HLEZJM900")]
+        [
+            load_rgb(DATA / "dam" / f"{name}.jpeg")
+            for name in ("KCQ858SBXS70K", "KCQ858SBXS89K", "CDBC041140000", "M3550HLEZJM900")
+        ]
     )
     assert shoe_a @ shoe_b > 0.99
     assert watch @ bag < 0.8

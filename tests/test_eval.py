@@ -29,9 +29,21 @@ def test_summary_metrics_on_hand_computed_ranks():
 @pytest.fixture
 def labelled(cli, dam, store, tiny_clip, tmp_path):
     """A synced catalogue, a folder of query photos and a ground truth exercising every rule."""
-    cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store,
-        "--manifest", Path(__file__).parent / "data" / "products.csv",
-        "--manifest-column", "MMC=product_id", "--manifest-column", "Product_BusinessUnitDesc=category")
+    cli(
+        "indexer",
+        "sync",
+        dam,
+        "--model",
+        tiny_clip,
+        "--qdrant-path",
+        store,
+        "--manifest",
+        Path(__file__).parent / "data" / "products.csv",
+        "--manifest-column",
+        "MMC=product_id",
+        "--manifest-column",
+        "Product_BusinessUnitDesc=category",
+    )
     queries = tmp_path / "queries"
     queries.mkdir()
     # Exact copies of catalogue images: the tiny model finds these at rank 1.
@@ -43,19 +55,21 @@ def labelled(cli, dam, store, tiny_clip, tmp_path):
     truth = tmp_path / "truth.csv"
     truth.write_text(
         "query,reference\n"
-        "bag.jpg,M3550HLEZJM900.jpeg\n"          # by image file name
-        "shoe.jpg,KCQ858SBXS89K\n"               # by product id: the wrong shoe ...
-        "shoe.jpg,KCQ858SBXS70K.jpeg\n"          # ... and the right one: either counts
-        "red.png,generated/RED-BAG.png\n"        # by relative path
-        "red.png,NOT-IN-CATALOGUE.jpeg\n"        # reported as missing, the other reference still counts
-        "ghost.jpg,M9206UMOSM941.jpeg\n"         # no such photo: reported
+        "bag.jpg,M3550HLEZJM900.jpeg\n"  # by image file name
+        "shoe.jpg,KCQ858SBXS89K\n"  # by product id: the wrong shoe ...
+        "shoe.jpg,KCQ858SBXS70K.jpeg\n"  # ... and the right one: either counts
+        "red.png,generated/RED-BAG.png\n"  # by relative path
+        "red.png,NOT-IN-CATALOGUE.jpeg\n"  # reported as missing, the other reference still counts
+        "ghost.jpg,M9206UMOSM941.jpeg\n"  # no such photo: reported
     )
     return queries, truth
 
 
 def test_eval_reports_accuracy_ranks_and_what_it_skipped(cli, labelled, store, encode_calls):
     queries, truth = labelled
-    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--json", "--sweep", *WHOLE)
+    result = cli(
+        "search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--json", "--sweep", *WHOLE
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["queries"] == 3
@@ -80,7 +94,11 @@ def test_eval_ranks_a_confusable_query_honestly(cli, labelled, store, dam):
     queries, truth = labelled
     truth_wrong = truth.parent / "wrong.csv"
     truth_wrong.write_text("query,reference\nbag.jpg,N2002WOMFWD301.jpeg\nred.png,RED-BAG\n")
-    data = json.loads(cli("search", "eval", "--queries", queries, "--ground-truth", truth_wrong, "--qdrant-path", store, "--json", *WHOLE).stdout)
+    data = json.loads(
+        cli(
+            "search", "eval", "--queries", queries, "--ground-truth", truth_wrong, "--qdrant-path", store, "--json", *WHOLE
+        ).stdout
+    )
     ranks = {q["query"]: q["ranks"]["cosine only"] for q in data["per_query"]}
     assert ranks["red.png"] == 1 and ranks["bag.jpg"] > 1
     assert data["settings"]["cosine only"]["top1"] == 0.5
@@ -101,21 +119,36 @@ def test_eval_with_bad_inputs_is_exit_3(cli, labelled, store, tmp_path):
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("query,reference\nonly-one-column\n")
     assert cli("search", "eval", "--queries", queries, "--ground-truth", bad_csv, "--qdrant-path", store).exit_code == 3
-    assert cli("search", "eval", "--queries", tmp_path / "nope", "--ground-truth", truth, "--qdrant-path", store).exit_code in (2, 3)
+    assert cli("search", "eval", "--queries", tmp_path / "nope", "--ground-truth", truth, "--qdrant-path", store).exit_code in (
+        2,
+        3,
+    )
     nothing = tmp_path / "nothing.csv"
     nothing.write_text("query,reference\nghost.jpg,M3550HLEZJM900.jpeg\n")
     result = cli("search", "eval", "--queries", queries, "--ground-truth", nothing, "--qdrant-path", store)
     assert result.exit_code == 3 and "no photo with usable ground truth" in result.stderr
     (tmp_path / "a-file").write_text("")
-    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store,
-                 "--report", tmp_path / "a-file" / "report.html")
+    result = cli(
+        "search",
+        "eval",
+        "--queries",
+        queries,
+        "--ground-truth",
+        truth,
+        "--qdrant-path",
+        store,
+        "--report",
+        tmp_path / "a-file" / "report.html",
+    )
     assert result.exit_code == 3 and "cannot write the report" in result.stderr and "Traceback" not in result.output
 
 
 def test_report_is_self_contained_html(cli, labelled, store, tmp_path):
     queries, truth = labelled
     report = tmp_path / "out" / "report.html"
-    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--report", report, *WHOLE)
+    result = cli(
+        "search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--report", report, *WHOLE
+    )
     assert result.exit_code == 0
     page = report.read_text()
     for name in ("bag.jpg", "shoe.jpg", "red.png", "top-1", "MRR"):
@@ -138,10 +171,24 @@ def test_report_renders_in_a_real_browser(cli, labelled, store, tmp_path):
     cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--report", report, *WHOLE)
     shot = tmp_path / "shot.png"
     subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600", f"--screenshot={shot}", report.as_uri()],
-        check=True, capture_output=True, timeout=60,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,1600",
+            f"--screenshot={shot}",
+            report.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     # The green frames of correct matches (#1a9e3a) are on screen, and so are the thumbnails (many colours).
@@ -161,8 +208,9 @@ def test_confidence_is_a_logistic_of_top_score_and_margin():
 
 def test_calibrated_search_flags_a_product_missing_from_the_catalogue(cli, labelled, store, tmp_path, dam):
     queries, truth = labelled
-    result = cli("search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store,
-                 "--calibrate", "--json", *WHOLE)
+    result = cli(
+        "search", "eval", "--queries", queries, "--ground-truth", truth, "--qdrant-path", store, "--calibrate", "--json", *WHOLE
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["calibrated"]["samples"] == 6 and data["calibrated"]["auc"] == 1.0  # 3 photos, each also with its product hidden

@@ -117,14 +117,31 @@ def tiny_owl(tmp_path_factory) -> str:
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     torch.manual_seed(0)
     config = Owlv2Config(
-        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-                         "vocab_size": len(vocab), "max_position_embeddings": 16, "bos_token_id": 52, "eos_token_id": 53, "pad_token_id": 53},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-                           "image_size": 64, "patch_size": 16},
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 16,
+            "bos_token_id": 52,
+            "eos_token_id": 53,
+            "pad_token_id": 53,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 64,
+            "patch_size": 16,
+        },
         projection_dim=32,
     )
     Owlv2ForObjectDetection(config).save_pretrained(folder)
-    processor = Owlv2Processor(image_processor=transformers.Owlv2ImageProcessorPil(size={"height": 64, "width": 64}), tokenizer=tokenizer)
+    processor = Owlv2Processor(
+        image_processor=transformers.Owlv2ImageProcessorPil(size={"height": 64, "width": 64}), tokenizer=tokenizer
+    )
     processor.save_pretrained(folder)
     return str(folder)
 
@@ -163,8 +180,24 @@ def test_missing_detector_is_a_model_load_error(tmp_path):
 def test_search_with_a_detector_returns_a_group_per_product(synced, cli, store, tiny_owl, tmp_path):
     photo = tmp_path / "shelf.jpg"
     store_photo().save(photo)
-    result = cli("search", "image", photo, "--qdrant-path", store, "--json", "--locate", "owlv2",
-                 "--detector", tiny_owl, "--prompt", "a bag", "--prompt", "a shoe", "--max-products", "3")
+    result = cli(
+        "search",
+        "image",
+        photo,
+        "--qdrant-path",
+        store,
+        "--json",
+        "--locate",
+        "owlv2",
+        "--detector",
+        tiny_owl,
+        "--prompt",
+        "a bag",
+        "--prompt",
+        "a shoe",
+        "--max-products",
+        "3",
+    )
     assert result.exit_code == 0, result.output
     [entry] = json.loads(result.stdout)
     assert 1 <= len(entry["groups"]) <= 3

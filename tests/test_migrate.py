@@ -30,7 +30,10 @@ def write_local_mode_store(folder: Path, points, record: dict) -> None:
         )
         for field in ("product_id", "path", "category"):
             client.create_payload_index("catalogue", field, qm.PayloadSchemaType.KEYWORD)
-        client.upsert("catalogue", points=[qm.PointStruct(id=p.id, vector={k: list(v) for k, v in p.vector.items()}, payload=p.payload) for p in points])
+        client.upsert(
+            "catalogue",
+            points=[qm.PointStruct(id=p.id, vector={k: list(v) for k, v in p.vector.items()}, payload=p.payload) for p in points],
+        )
         client.close()
 
 
@@ -48,7 +51,9 @@ def test_local_mode_store_is_refused_with_the_command_then_converted(synced, cli
     (legacy / "collections" / ".catalogue.migrating").mkdir(parents=True)  # what a killed conversion leaves
     result = cli("indexer", "migrate", "--qdrant-path", legacy, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["converted"] == [{"collection": "catalogue", "points": 16, "models": [record["models"][0]["model"]]}]
+    assert json.loads(result.stdout)["converted"] == [
+        {"collection": "catalogue", "points": 16, "models": [record["models"][0]["model"]]}
+    ]
     assert (legacy / "legacy-local-mode" / "meta.json").is_file()  # the old files are kept aside
 
     converted = {p.id: p for p in all_points(str(legacy), with_vectors=True)}

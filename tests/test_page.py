@@ -24,8 +24,14 @@ from conftest import DATA
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
 CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 )
 PHOTO = DATA / "page" / "IMG_6954.jpeg"  # a black ankle boot on a shop shelf
 EXPECTED = "KDI613VEAS900"  # its catalogue product (tests/data/page/KDI613VEAS900.jpeg)
@@ -34,7 +40,10 @@ KEY = "secret"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)"),
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+    ),
 ]
 
 
@@ -56,10 +65,25 @@ def stores(tmp_path_factory) -> tuple[Path, Path]:
     manifest = root / "products.csv"
     manifest.write_text((DATA / "products.csv").read_text().rstrip("\n") + f"\n{EXPECTED},W Shoes\n")
     store = root / "store"
-    result = CliRunner().invoke(indexer, [
-        "sync", str(dam), "--model", "efficientnet-lite0", "--qdrant-path", str(store), "--manifest", str(manifest),
-        "--manifest-column", "MMC=product_id", "--manifest-column", "Product_BusinessUnitDesc=category", "--quiet",
-    ], catch_exceptions=False)
+    result = CliRunner().invoke(
+        indexer,
+        [
+            "sync",
+            str(dam),
+            "--model",
+            "efficientnet-lite0",
+            "--qdrant-path",
+            str(store),
+            "--manifest",
+            str(manifest),
+            "--manifest-column",
+            "MMC=product_id",
+            "--manifest-column",
+            "Product_BusinessUnitDesc=category",
+            "--quiet",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     copy = root / "store-copy"
     shutil.copytree(store, copy)
@@ -75,7 +99,9 @@ def serving(store: Path, log: Path, env: dict | None = None):
     with log.open("w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(store), "--port", str(port)],
-            stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -140,7 +166,10 @@ def test_a_store_photo_names_its_product_with_a_box_and_cards(server, browser, a
         new MutationObserver(() => busyStates.push([results.getAttribute('aria-busy'), document.getElementById('take').disabled,
             document.getElementById('status').textContent])).observe(results, {attributes: true, attributeFilter: ['aria-busy']});""")
     search_photo(browser, PHOTO)
-    assert browser.execute_script("return busyStates") == [["true", True, "Searching…"], ["false", False, f"Best match: {EXPECTED}, W Shoes."]]
+    assert browser.execute_script("return busyStates") == [
+        ["true", True, "Searching…"],
+        ["false", False, f"Best match: {EXPECTED}, W Shoes."],
+    ]
     answer = api_search(server, PHOTO)
     assert answer["matches"][0]["product_id"] == EXPECTED and answer["confident"]
 
@@ -159,7 +188,8 @@ def test_a_store_photo_names_its_product_with_a_box_and_cards(server, browser, a
     until(browser, "const i = document.querySelector('#results .card img'); return i.complete && i.naturalWidth > 0")
     # The box sits where the API says, scaled from the photo as the server decoded it to the photo on screen.
     box, photo = browser.execute_script(
-        "return ['.box', '.frame img'].map(s => document.querySelector(s).getBoundingClientRect().toJSON())")
+        "return ['.box', '.frame img'].map(s => document.querySelector(s).getBoundingClientRect().toJSON())"
+    )
     x0, y0, x1, y1 = answer["groups"][0]["box"]
     assert (answer["width"], answer["height"]) == (600, 800)
     assert abs((box["left"] - photo["left"]) / photo["width"] - x0 / answer["width"]) < 0.01
@@ -177,7 +207,9 @@ def test_the_page_fits_a_phone(server, browser, artefacts):
         assert browser.execute_script("return window.innerWidth") == 360
         take = browser.find_element("id", "take")
         assert take.is_displayed() and take.text == "Take a photo"
-        assert browser.execute_script("const r = arguments[0].getBoundingClientRect(); return r.right <= 360 && r.bottom <= 740", take)
+        assert browser.execute_script(
+            "const r = arguments[0].getBoundingClientRect(); return r.right <= 360 && r.bottom <= 740", take
+        )
         search_photo(browser, PHOTO, field="camera")
         assert first_card(browser) == EXPECTED
         assert browser.execute_script("return document.documentElement.scrollWidth") <= 360
@@ -247,7 +279,11 @@ def test_text_search_when_the_model_has_a_text_tower(clip_with_tokenizer, browse
     from indexer.cli import main as indexer
 
     store = tmp_path / "store"
-    result = CliRunner().invoke(indexer, ["sync", str(DATA / "dam"), "--model", clip_with_tokenizer, "--qdrant-path", str(store), "--quiet"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        indexer,
+        ["sync", str(DATA / "dam"), "--model", clip_with_tokenizer, "--qdrant-path", str(store), "--quiet"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     with serving(store, tmp_path / "serve.log") as base:
         answer = httpx.post(f"{base}/v1/search/text", json={"text": "black bag", "top_k": 10}, timeout=60).json()
@@ -272,7 +308,10 @@ def test_a_server_with_an_api_key_asks_for_it_once(stores, browser, artefacts, t
         screenshot(browser, artefacts / "page-api-key.png")
         browser.find_element("id", "key").send_keys("wrong")
         browser.find_element("css selector", "#key-form button").click()
-        until(browser, "return !document.getElementById('key-form').hidden && document.getElementById('key-reason').textContent.includes('refused')")
+        until(
+            browser,
+            "return !document.getElementById('key-form').hidden && document.getElementById('key-reason').textContent.includes('refused')",
+        )
 
         browser.find_element("id", "key").send_keys(KEY)
         browser.find_element("css selector", "#key-form button").click()
@@ -281,7 +320,10 @@ def test_a_server_with_an_api_key_asks_for_it_once(stores, browser, artefacts, t
         search_photo(browser, PHOTO)
         assert first_card(browser) == EXPECTED
         # Catalogue images need the key too: fetched with it into blob URLs.
-        until(browser, "const i = document.querySelector('#results .card img'); return i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0")
+        until(
+            browser,
+            "const i = document.querySelector('#results .card img'); return i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0",
+        )
 
         browser.refresh()  # the key is remembered on this device
         until(browser, "return document.querySelectorAll('#category option').length > 1")
@@ -303,12 +345,17 @@ def search_photo(browser, photo: Path, field: str = "file") -> None:
 
 
 def clear_results(browser) -> None:
-    browser.execute_script("document.getElementById('results').replaceChildren(); document.getElementById('error').textContent = ''")
+    browser.execute_script(
+        "document.getElementById('results').replaceChildren(); document.getElementById('error').textContent = ''"
+    )
 
 
 def wait_for_results(browser) -> None:
-    until(browser, "const r = document.getElementById('results'); return r.getAttribute('aria-busy') === 'false'"
-                   " && (r.querySelector('.card') || document.getElementById('error').textContent)")
+    until(
+        browser,
+        "const r = document.getElementById('results'); return r.getAttribute('aria-busy') === 'false'"
+        " && (r.querySelector('.card') || document.getElementById('error').textContent)",
+    )
     assert browser.find_element("id", "error").text == ""
 
 

@@ -57,7 +57,9 @@ def test_exported_encoder_gives_torch_vectors(pair, images, request):
     assert isinstance(onnx_encoder, OnnxEncoder) and not isinstance(torch_encoder, OnnxEncoder)
     # What the collection's model check compares is unchanged.
     assert (onnx_encoder.model_id, onnx_encoder.dim, onnx_encoder.revision) == (
-        torch_encoder.model_id, torch_encoder.dim, torch_encoder.revision
+        torch_encoder.model_id,
+        torch_encoder.dim,
+        torch_encoder.revision,
     )
     onnx_encoder.batch_size = 5  # batches of 5, 5 and 2: the graph takes any batch size
     ours, reference = onnx_encoder.embed(images), torch_encoder.embed(images)

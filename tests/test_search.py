@@ -77,8 +77,11 @@ def test_one_qdrant_query_with_formula_equals_python_rescoring(synced, dam, stor
         [features] = searcher.features(load_rgb(dam / "generated" / "BLUE-BAG.png"))  # default pipeline: centre views
         python = rank(searcher.candidates(features, options.candidates), features.palette, options)
         hits = catalogue.formula_query(
-            features.vectors[0], searcher.specs[0].vector, candidates=16,
-            formula=formula(features.palette.dominant, options.alpha, options.threshold), limit=16,
+            features.vectors[0],
+            searcher.specs[0].vector,
+            candidates=16,
+            formula=formula(features.palette.dominant, options.alpha, options.threshold),
+            limit=16,
         )
     # The same scores in the same order; products with identical photos tie, and may come in either order.
     assert np.allclose([h.score for h in hits], [m.score for m in python], atol=1e-5)
@@ -113,7 +116,9 @@ def test_search_without_a_collection_says_how_to_make_one(cli, dam, store):
 
 
 def test_filter_that_matches_nothing_says_so(synced, cli, dam, store):
-    result = cli("search", "image", dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--filter", "category=nothing-like-it")
+    result = cli(
+        "search", "image", dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--filter", "category=nothing-like-it"
+    )
     assert result.exit_code == 0 and "no product matches" in result.stdout
 
 

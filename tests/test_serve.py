@@ -86,7 +86,9 @@ def test_search_returns_what_search_image_json_prints(synced, serve, cli, dam, s
     raw = client.post("/v1/search", content=photo.read_bytes(), headers={"Content-Type": "image/png"}, params={"top_k": 5})
     assert multipart.status_code == raw.status_code == 200
     client.__exit__(None, None, None)  # the embedded store is one process at a time: free it for the CLI
-    [printed] = json.loads(cli("search", "image", photo, "--qdrant-path", store, "--json", "--top-k", "5", "--locate", "none").stdout)
+    [printed] = json.loads(
+        cli("search", "image", photo, "--qdrant-path", store, "--json", "--top-k", "5", "--locate", "none").stdout
+    )
     for body in (multipart.json(), raw.json()):
         assert set(body) == set(printed)
         for key in ("matches", "groups", "confidence", "confident", "width", "height"):
@@ -116,7 +118,9 @@ def test_bad_uploads_are_json_errors(synced, serve, body, kind, status, words):
 def test_truncated_jpeg_upload_is_422(synced, serve, dam):
     client = serve()
     data = (dam / "M3550HLEZJM900.jpeg").read_bytes()
-    assert "unreadable" in error_of(client.post("/v1/search", files={"image": ("x.jpg", data[: len(data) // 3], "image/jpeg")}), 422)
+    assert "unreadable" in error_of(
+        client.post("/v1/search", files={"image": ("x.jpg", data[: len(data) // 3], "image/jpeg")}), 422
+    )
 
 
 def test_upload_over_the_limit_is_413_before_it_is_read(synced, serve):
@@ -143,8 +147,21 @@ def test_decompression_bomb_is_422(synced, serve):
 
 @pytest.mark.parametrize(
     "params",
-    [{"top_k": 0}, {"top_k": -1}, {"top_k": 10**6}, {"top_k": "ten"}, {"alpha": "nan"}, {"alpha": "inf"}, {"threshold": "inf"},
-     {"threshold": "nan"}, {"min_confidence": 2}, {"filter": "a[=1"}, {"filter": "category"}, {"locate": "owlv2"}, {"locate": "x"}],
+    [
+        {"top_k": 0},
+        {"top_k": -1},
+        {"top_k": 10**6},
+        {"top_k": "ten"},
+        {"alpha": "nan"},
+        {"alpha": "inf"},
+        {"threshold": "inf"},
+        {"threshold": "nan"},
+        {"min_confidence": 2},
+        {"filter": "a[=1"},
+        {"filter": "category"},
+        {"locate": "owlv2"},
+        {"locate": "x"},
+    ],
     ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()),
 )
 def test_bad_options_are_422(synced, serve, params):
@@ -167,8 +184,14 @@ def test_products_images_and_info(synced, serve, dam):
 
 @pytest.mark.parametrize(
     "reference",
-    ["../../../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "/etc/passwd", "generated/../../dam/M3550HLEZJM900.jpeg", "notes.txt",
-     "00000000-0000-0000-0000-000000000000"],
+    [
+        "../../../../etc/passwd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "/etc/passwd",
+        "generated/../../dam/M3550HLEZJM900.jpeg",
+        "notes.txt",
+        "00000000-0000-0000-0000-000000000000",
+    ],
 )
 def test_images_never_leave_the_indexed_files(synced, serve, dam, reference):
     (dam / "notes.txt").write_text("not indexed")
@@ -251,7 +274,9 @@ def test_overload_gets_a_fast_503_and_the_server_stays_healthy(synced, serve):
 
     service.search_upload = slow
     first = {}
-    worker = threading.Thread(target=lambda: first.setdefault("r", client.post("/v1/search", content=png(), headers={"Content-Type": "image/png"})))
+    worker = threading.Thread(
+        target=lambda: first.setdefault("r", client.post("/v1/search", content=png(), headers={"Content-Type": "image/png"}))
+    )
     worker.start()
     assert entered.wait(30)
     started = time.perf_counter()
@@ -333,7 +358,9 @@ def test_serve_command_starts_answers_and_stops(synced, store, dam):
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -358,7 +385,9 @@ def test_serve_command_starts_answers_and_stops(synced, store, dam):
 def test_serve_command_that_cannot_load_exits_with_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(tmp_path / "none"), "--port", str(free_port())],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 3
     assert done.stderr.strip().splitlines()[-1].startswith("Error: no embedded store at")
@@ -367,8 +396,22 @@ def test_serve_command_that_cannot_load_exits_with_one_line(tmp_path):
 
 def test_an_api_key_without_tls_off_loopback_is_warned_about(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(tmp_path / "none"), "--host", "0.0.0.0", "--port", str(free_port())],
-        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "CATALOGUE_API_KEY": "k"},
+        [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "serve",
+            "--qdrant-path",
+            str(tmp_path / "none"),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "CATALOGUE_API_KEY": "k"},
     )
     assert "without TLS" in done.stderr and "store Wi-Fi" in done.stderr
 

@@ -106,7 +106,9 @@ def _segment_file(store: str, name: str) -> Path:
     [
         pytest.param(lambda store: _segment_file(store, "segment.json").write_text("{not json"), id="garbled-segment-config"),
         pytest.param(lambda store: _segment_file(store, "status.dat").write_bytes(b""), id="truncated-status-file"),
-        pytest.param(lambda store: Path(store, "collections", "catalogue", "collection.json").write_text("{"), id="garbled-record"),
+        pytest.param(
+            lambda store: Path(store, "collections", "catalogue", "collection.json").write_text("{"), id="garbled-record"
+        ),
     ],
 )
 def test_damaged_store_is_one_line_and_reindex_repairs_it(synced, cli, dam, store, tiny_clip, damage):
@@ -114,7 +116,9 @@ def test_damaged_store_is_one_line_and_reindex_repairs_it(synced, cli, dam, stor
     # As a real process: the engine's own panic report must not reach the terminal either.
     process = subprocess.run(
         [sys.executable, "-m", "search.cli", "image", str(dam / RED), "--qdrant-path", store],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert process.returncode == 4
     assert process.stderr.count("\n") == 1 and process.stderr.startswith("Error: "), process.stderr
@@ -131,14 +135,14 @@ class _SickQdrant(BaseHTTPRequestHandler):
 
     mode = "error"
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         if self.path == "/":
             return self._json({"title": "qdrant", "version": "1.20.0"})
         if self.path.startswith("/collections") and self.path.rstrip("/") == "/collections":
             return self._json({"result": {"collections": []}, "status": "ok", "time": 0})
         return self._fail()
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = lambda self: self._fail()  # noqa: E731
+    do_POST = do_PUT = do_DELETE = do_PATCH = lambda self: self._fail()
 
     def _fail(self):
         if self.mode == "drop":
@@ -192,8 +196,20 @@ def test_api_key_over_plain_http_is_said_in_one_line(cli, dam, tiny_clip, monkey
 
 
 def test_storage_settings_are_recorded_and_fixed_until_reindex(cli, dam, store, tiny_clip):
-    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--quantization", "int8", "--on-disk",
-                 "--hnsw-threshold", "8")
+    result = cli(
+        "indexer",
+        "sync",
+        dam,
+        "--model",
+        tiny_clip,
+        "--qdrant-path",
+        store,
+        "--quantization",
+        "int8",
+        "--on-disk",
+        "--hnsw-threshold",
+        "8",
+    )
     assert result.exit_code == 0, result.output
     info = json.loads(cli("indexer", "info", "--qdrant-path", store, "--json").stdout)
     assert info["storage"] == {"quantization": "int8", "on_disk": True, "hnsw_threshold": 8}
@@ -222,4 +238,3 @@ def test_interrupted_index_build_is_finished_by_the_next_sync(synced, cli, dam, 
     result = cli("indexer", "sync", dam, "--qdrant-path", store, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["unchanged"] == 16
     assert not pending.exists()
-

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,8 +122,18 @@ def test_several_images_of_one_product_share_its_id(cli, tmp_path, store, tiny_c
 def test_manifest_metadata_becomes_payload_and_filters_search(cli, dam, store, tiny_clip):
     manifest = DATA / "products.csv"
     result, report = sync_json(
-        cli, dam, "--model", tiny_clip, "--qdrant-path", store, "--manifest", manifest,
-        "--manifest-column", "MMC=product_id", "--manifest-column", "Product_BusinessUnitDesc=category",
+        cli,
+        dam,
+        "--model",
+        tiny_clip,
+        "--qdrant-path",
+        store,
+        "--manifest",
+        manifest,
+        "--manifest-column",
+        "MMC=product_id",
+        "--manifest-column",
+        "Product_BusinessUnitDesc=category",
     )
     assert report["added"] == 16
     by_id = {p.payload["product_id"]: p.payload for p in all_points(store)}
@@ -260,9 +269,15 @@ def test_store_held_by_another_process_names_it_and_exits_4(synced, cli, dam, st
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "from indexer.store import open_store; import sys; "
-         f"s = open_store(path={store!r}, command='search serve'); print('ready', flush=True); sys.stdin.readline()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from indexer.store import open_store; import sys; "
+            f"s = open_store(path={store!r}, command='search serve'); print('ready', flush=True); sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ready"

@@ -47,7 +47,9 @@ def test_text_and_image_vectors_share_clip_space(text_encoder, clip_with_tokeniz
     ours = image_encoder.embed(images) @ text_encoder.embed_texts(TEXTS).T
 
     model = CLIPModel.from_pretrained(clip_with_tokenizer).eval()
-    tokens = AutoTokenizer.from_pretrained(clip_with_tokenizer)(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    tokens = AutoTokenizer.from_pretrained(clip_with_tokenizer)(
+        TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt"
+    )
     pixels = torch.from_numpy(np.stack([image_encoder.preprocess(image) for image in images]))
     with torch.inference_mode():
         output = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
@@ -71,8 +73,9 @@ def test_a_checkpoint_without_text_weights_is_refused(clip_with_tokenizer, tmp_p
 
     folder = Path(shutil.copytree(clip_with_tokenizer, tmp_path / "vision-only"))
     weights = load_file(folder / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if not k.startswith("text_")}, folder / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("text_")}, folder / "model.safetensors", metadata={"format": "pt"}
+    )
     with pytest.raises(ModelLoadError, match="saved without the text weights"):
         load_text_encoder(str(folder), device="cpu")
     # The image tower still loads from it.
@@ -82,8 +85,15 @@ def test_a_checkpoint_without_text_weights_is_refused(clip_with_tokenizer, tmp_p
 def test_a_vision_only_checkpoint_is_refused(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=1,
-                              image_size=32, patch_size=8, projection_dim=16)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
     CLIPVisionModelWithProjection(config).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="has no text tower"):
         load_text_encoder(str(tmp_path), device="cpu")

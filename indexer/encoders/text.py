@@ -40,14 +40,18 @@ class TextEncoder:
         try:
             config = AutoConfig.from_pretrained(name)
             if config.model_type != "clip" or not hasattr(config, "text_config"):
-                raise ModelLoadError(f"model {name!r} has no text tower ({config.model_type!r} checkpoint); text search needs a full CLIP checkpoint")
+                raise ModelLoadError(
+                    f"model {name!r} has no text tower ({config.model_type!r} checkpoint); text search needs a full CLIP checkpoint"
+                )
             text_config = config.text_config
             text_config.projection_dim = config.projection_dim
             network, info = CLIPTextModelWithProjection.from_pretrained(name, config=text_config, output_loading_info=True)
             if info["missing_keys"]:
                 raise ModelLoadError(f"model {name!r} has no text tower: its checkpoint was saved without the text weights")
             if Path(name).is_dir() and not any((Path(name) / file).is_file() for file in _TOKENIZER_FILES):
-                raise ModelLoadError(f"model {name!r} has no text tower: its folder has no tokenizer ({' or '.join(_TOKENIZER_FILES)})")
+                raise ModelLoadError(
+                    f"model {name!r} has no text tower: its folder has no tokenizer ({' or '.join(_TOKENIZER_FILES)})"
+                )
             tokenizer = AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load the text tower of {name!r}: {first_line(exc)}") from None
@@ -69,7 +73,9 @@ class TextEncoder:
 
         tokens = self._tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         with torch.inference_mode():
-            output = self._network(input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device))
+            output = self._network(
+                input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
+            )
         return l2_normalise(output.text_embeds.float().cpu().numpy())
 
 

@@ -241,7 +241,7 @@ def _explain(root: Path, doing: str, message: str) -> str:
         )
     return (
         f"the embedded store {root} failed while {doing}: {message}. If its files are damaged, rebuild the "
-        "collection: indexer sync DAM_FOLDER --reindex (README \"Store faults\")"
+        'collection: indexer sync DAM_FOLDER --reindex (README "Store faults")'
     )
 
 
@@ -322,7 +322,9 @@ class EdgeCatalogue(Catalogue):
         while True:
             with self._errors(f"reading collection {self.name!r}"):
                 records, offset = self._shard.scroll(
-                    qe.ScrollRequest(offset=offset, limit=batch, filter=_filter(filters), with_payload=list(fields), with_vector=False)
+                    qe.ScrollRequest(
+                        offset=offset, limit=batch, filter=_filter(filters), with_payload=list(fields), with_vector=False
+                    )
                 )
             for record in records:
                 yield str(record.id), record.payload or {}
@@ -355,8 +357,11 @@ class EdgeCatalogue(Catalogue):
         import qdrant_edge as qe
 
         request = qe.QueryRequest(
-            limit=limit, query=qe.Query.Nearest(_floats(vector), using=using), filter=_filter(filters),
-            with_payload=list(fields), params=self._params(limit),
+            limit=limit,
+            query=qe.Query.Nearest(_floats(vector), using=using),
+            filter=_filter(filters),
+            with_payload=list(fields),
+            params=self._params(limit),
         )
         with self._errors(f"searching collection {self.name!r}"):
             return [_hit(p) for p in self._shard.query(request)]
@@ -365,7 +370,9 @@ class EdgeCatalogue(Catalogue):
         import qdrant_edge as qe
 
         requests = [
-            qe.QueryRequest(limit=limit, query=qe.Query.Nearest(_floats(v), using=using), with_payload=False, params=self._params(limit))
+            qe.QueryRequest(
+                limit=limit, query=qe.Query.Nearest(_floats(v), using=using), with_payload=False, params=self._params(limit)
+            )
             for v in vectors
         ]
         with self._errors(f"searching collection {self.name!r}"):
@@ -382,11 +389,14 @@ class EdgeCatalogue(Catalogue):
         import qdrant_edge as qe
 
         prefetch = qe.Prefetch(
-            limit=candidates, query=qe.Query.Nearest(_floats(vector), using=using), filter=_filter(filters),
+            limit=candidates,
+            query=qe.Query.Nearest(_floats(vector), using=using),
+            filter=_filter(filters),
             params=self._params(candidates),
         )
         request = qe.QueryRequest(
-            limit=limit, prefetches=[prefetch],
+            limit=limit,
+            prefetches=[prefetch],
             query=qe.Formula(_expression(formula["formula"]), defaults=formula.get("defaults")),
             with_payload=list(fields),
         )
@@ -515,7 +525,10 @@ def _expression(node):
         kind = {"lin_decay": qe.DecayKind.Lin, "exp_decay": qe.DecayKind.Exp, "gauss_decay": qe.DecayKind.Gauss}[op]
         target = arg.get("target")
         return E.Decay(
-            kind, _expression(arg["x"]), target=None if target is None else _expression(target),
-            midpoint=arg.get("midpoint"), scale=arg.get("scale"),
+            kind,
+            _expression(arg["x"]),
+            target=None if target is None else _expression(target),
+            midpoint=arg.get("midpoint"),
+            scale=arg.get("scale"),
         )
     raise ValueError(f"formula operation {op!r} is not supported by the embedded store")

@@ -107,7 +107,9 @@ def _convert(client, store, name: str, progress) -> Migrated:
             break
     target.build_index()
     if target.count() != client.count(name, exact=True).count:
-        raise StoreUnavailable(f"converting collection {name!r} lost points; the old store is untouched, run indexer migrate again")
+        raise StoreUnavailable(
+            f"converting collection {name!r} lost points; the old store is untouched, run indexer migrate again"
+        )
     store.release(staging)
     final = store.folder(name)
     if final.exists():

@@ -29,11 +29,11 @@ class StoreLock:
 
         self.path = folder / LOCK_FILE
         try:
-            self._handle = open(self.path, "a+")  # noqa: SIM115 - held for the store's lifetime
+            self._handle = open(self.path, "a+")
             writable = True
         except OSError:
             try:  # a read-only folder: lock without recording who we are
-                self._handle = open(self.path)  # noqa: SIM115
+                self._handle = open(self.path)
             except OSError:
                 self._handle = None
                 return

@@ -171,7 +171,9 @@ class ServerCatalogue(Catalogue):
                 metadata={METADATA_KEY: record},
             )
             for field in INDEXED_FIELDS:
-                self._client.create_payload_index(self.name, field, qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, on_disk=True))
+                self._client.create_payload_index(
+                    self.name, field, qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, on_disk=True)
+                )
 
     def drop(self) -> None:
         with self._errors(f"deleting collection {self.name!r}"):
@@ -183,8 +185,12 @@ class ServerCatalogue(Catalogue):
         while True:
             with self._errors(f"reading collection {self.name!r}"):
                 points, offset = self._client.scroll(
-                    self.name, limit=batch, offset=offset, scroll_filter=_filter(filters),
-                    with_payload=list(fields), with_vectors=False,
+                    self.name,
+                    limit=batch,
+                    offset=offset,
+                    scroll_filter=_filter(filters),
+                    with_payload=list(fields),
+                    with_vectors=False,
                 )
             for point in points:
                 yield str(point.id), point.payload or {}
@@ -212,8 +218,13 @@ class ServerCatalogue(Catalogue):
     def nearest(self, vector, using, limit, filters=(), fields=CANDIDATE_FIELDS) -> list[Hit]:
         with self._errors(f"searching collection {self.name!r}"):
             found = self._client.query_points(
-                self.name, query=_floats(vector), using=using, limit=limit, query_filter=_filter(filters),
-                with_payload=list(fields), search_params=self._params(limit),
+                self.name,
+                query=_floats(vector),
+                using=using,
+                limit=limit,
+                query_filter=_filter(filters),
+                with_payload=list(fields),
+                search_params=self._params(limit),
             ).points
         return [_hit(p) for p in found]
 
@@ -241,7 +252,9 @@ class ServerCatalogue(Catalogue):
         with self._errors(f"searching collection {self.name!r}"):
             found = self._client.query_points(
                 self.name,
-                prefetch=qm.Prefetch(query=_floats(vector), using=using, limit=candidates, filter=_filter(filters), params=self._params(candidates)),
+                prefetch=qm.Prefetch(
+                    query=_floats(vector), using=using, limit=candidates, filter=_filter(filters), params=self._params(candidates)
+                ),
                 query=qm.FormulaQuery.model_validate(formula),
                 limit=limit,
                 with_payload=list(fields),
@@ -267,7 +280,9 @@ class ServerCatalogue(Catalogue):
 
         if not points:
             return
-        structs = [qm.PointStruct(id=p.id, vector={k: _floats(v) for k, v in p.vectors.items()}, payload=p.payload) for p in points]
+        structs = [
+            qm.PointStruct(id=p.id, vector={k: _floats(v) for k, v in p.vectors.items()}, payload=p.payload) for p in points
+        ]
         with self._errors(f"writing to collection {self.name!r}"):
             self._client.upsert(self.name, points=structs, wait=True)
 

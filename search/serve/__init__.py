@@ -37,14 +37,21 @@ def run(
     if api_key and not tls_cert and not _loopback(host):
         logging.getLogger("catalogue.serve").warning(
             "serving %s with an API key but without TLS: the key crosses the network in clear "
-            "(store Wi-Fi is not a private network); add --tls-cert and --tls-key", host,
+            "(store Wi-Fi is not a private network); add --tls-cert and --tls-key",
+            host,
         )
     service = Service(config)
     app = create_app(service, api_key=api_key, max_upload_mb=max_upload_mb, cors_origins=cors_origins)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key, access_log=False,
-            log_level="warning", timeout_graceful_shutdown=5,
+            app,
+            host=host,
+            port=port,
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
         )
     )
 

@@ -64,7 +64,13 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def create_app(service: Service, *, api_key: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, cors_origins: tuple[str, ...] = ()) -> FastAPI:
+def create_app(
+    service: Service,
+    *,
+    api_key: str | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    cors_origins: tuple[str, ...] = (),
+) -> FastAPI:
     """The ASGI app; `service.load()` runs in the background from startup, `service.close()` at shutdown."""
     max_upload = int(max_upload_mb * 2**20)
 
@@ -75,7 +81,11 @@ def create_app(service: Service, *, api_key: str | None = None, max_upload_mb: f
         service.close()
 
     app = FastAPI(
-        title="catalogue-indexer", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+        title="catalogue-indexer",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         description="Name the catalogue product in a store photo. Same JSON as `search image --json`.",
     )
     app.state.service = service
@@ -83,8 +93,11 @@ def create_app(service: Service, *, api_key: str | None = None, max_upload_mb: f
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID", "Server-Timing"],
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Request-ID", "Server-Timing"],
         )
 
     @app.middleware("http")
@@ -95,7 +108,9 @@ def create_app(service: Service, *, api_key: str | None = None, max_upload_mb: f
         request.state.timings = None
         started = time.perf_counter()
         if api_key and request.url.path.startswith("/v1/") and not _authorised(request, api_key):
-            response = _error(request, 401, "missing or wrong API key: send 'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"})
+            response = _error(
+                request, 401, "missing or wrong API key: send 'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"}
+            )
         else:
             response = await call_next(request)
         response.headers["X-Request-ID"] = request_id
@@ -103,8 +118,13 @@ def create_app(service: Service, *, api_key: str | None = None, max_upload_mb: f
         if timings:
             response.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
         log.info(
-            "%s %s %s %d %.0fms%s", request_id, request.method, request.url.path, response.status_code,
-            (time.perf_counter() - started) * 1000, "".join(f" {k}={v}" for k, v in timings.items()),
+            "%s %s %s %d %.0fms%s",
+            request_id,
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+            "".join(f" {k}={v}" for k, v in timings.items()),
         )
         return response
 
@@ -175,12 +195,17 @@ def create_app(service: Service, *, api_key: str | None = None, max_upload_mb: f
         alpha: float = Query(DEFAULT_ALPHA, description="Weight of the colour bonus."),
         threshold: float = Query(DEFAULT_THRESHOLD, description="CIELAB distance beyond which colour gives no bonus."),
         colour: bool = Query(True, description="false: rank by cosine only."),
-        filter: list[str] = Query([], description="KEY=VALUE payload filter, repeatable (all must hold)."),  # noqa: A002 - the CLI's name
+        filter: list[str] = Query([], description="KEY=VALUE payload filter, repeatable (all must hold)."),
         locate: str | None = Query(None, description="centre, none or proposals (owlv2 when the server was started with it)."),
         min_confidence: float = Query(DEFAULT_MIN_CONFIDENCE, description="Below this the answer is flagged not confident."),
     ):
         options = make_options(
-            top_k=top_k, candidates=candidates, alpha=alpha, threshold=threshold, colour=colour, filters=filter,
+            top_k=top_k,
+            candidates=candidates,
+            alpha=alpha,
+            threshold=threshold,
+            colour=colour,
+            filters=filter,
             min_confidence=min_confidence,
         )
         if locate is not None and locate not in (*WEB_LOCALISERS, service.config.locate):
@@ -194,7 +219,10 @@ def create_app(service: Service, *, api_key: str | None = None, max_upload_mb: f
     async def search_text(query: TextQuery, request: Request):
         options = make_options(top_k=query.top_k, candidates=query.candidates, filters=query.filters, colour=False)
         if service.ready.is_set() and not service.has_text():
-            raise ApiError(400, "this collection's model has no text tower: text search needs a CLIP model such as patrickjohncyh/fashion-clip")
+            raise ApiError(
+                400,
+                "this collection's model has no text tower: text search needs a CLIP model such as patrickjohncyh/fashion-clip",
+            )
         result = await asyncio.wrap_future(service.submit(service.search_text, query.text.strip(), options))
         request.state.timings = result["timings_ms"]
         return result
@@ -232,7 +260,10 @@ async def _photo(request: Request, limit: int) -> tuple[bytes, str]:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     multipart = kind == "multipart/form-data"
     if not multipart and not kind.startswith(RAW_TYPES):
-        raise ApiError(415, f"content type {kind or 'missing'!r}: send the photo as multipart/form-data (field 'image') or as an image/* body")
+        raise ApiError(
+            415,
+            f"content type {kind or 'missing'!r}: send the photo as multipart/form-data (field 'image') or as an image/* body",
+        )
     body = await _body(request, limit + (MULTIPART_SLACK if multipart else 0))
     if not multipart:
         data, name = body, "upload"

@@ -88,7 +88,10 @@ class BatchingEncoder:
         inputs = [x for items, _ in waiting for x in items]
         try:
             vectors = np.concatenate(
-                [self.encoder.embed_batch(inputs[i : i + self.encoder.batch_size]) for i in range(0, len(inputs), self.encoder.batch_size)]
+                [
+                    self.encoder.embed_batch(inputs[i : i + self.encoder.batch_size])
+                    for i in range(0, len(inputs), self.encoder.batch_size)
+                ]
             )
         except BaseException as exc:  # noqa: BLE001 - hand the failure to every waiting request
             for _, done in waiting:

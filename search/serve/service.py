@@ -91,8 +91,11 @@ class Service:
 
         config = self.config
         self.store = open_store(
-            path=None if config.qdrant_url else config.qdrant_path, url=config.qdrant_url, api_key=config.api_key,
-            command="search serve", create=config.watch is not None,
+            path=None if config.qdrant_url else config.qdrant_path,
+            url=config.qdrant_url,
+            api_key=config.api_key,
+            command="search serve",
+            create=config.watch is not None,
         )
         catalogue = self.store.collection(config.collection)
         if config.watch is not None and not catalogue.exists():
@@ -103,17 +106,29 @@ class Service:
             return BatchingEncoder(load_encoder(model, **options), max_batch=config.max_batch, max_wait=config.batch_wait)
 
         self.searcher = Searcher(
-            catalogue, model=config.model, localiser=config.locate, detector_options=config.detector_options,
-            encoder_loader=batching_loader, **config.model_loading,
+            catalogue,
+            model=config.model,
+            localiser=config.locate,
+            detector_options=config.detector_options,
+            encoder_loader=batching_loader,
+            **config.model_loading,
         )
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """One search on a plain picture: lazy structures and first-call costs are paid before /readyz says so."""
-        from PIL import Image
+        """One search of a photo-like JPEG (texture, a product, decoded from bytes like an upload), so the
+        first-call costs of the decoder, GrabCut and the models are paid before /readyz says ready."""
+        import io
 
-        picture = Image.new("RGB", (480, 640), (200, 190, 180))
-        self.searcher.search_image(picture, SearchOptions(), query="warm-up")
+        import numpy as np
+        from PIL import Image, ImageDraw
+
+        rng = np.random.default_rng(0)
+        picture = Image.fromarray(rng.integers(60, 200, (640, 480, 3), dtype=np.uint8))
+        ImageDraw.Draw(picture).ellipse((120, 180, 360, 460), fill=(150, 40, 30))
+        photo = io.BytesIO()
+        picture.save(photo, "JPEG", quality=85)
+        self.searcher.search_bytes_or_path(photo.getvalue(), SearchOptions(), query="warm-up")
 
     def close(self) -> None:
         self._stop.set()
@@ -162,7 +177,9 @@ class Service:
 
     def product(self, product_id: str) -> dict | None:
         catalogue = self.searcher.catalogue
-        images = sorted(catalogue.scroll((PATH, CATEGORY, META, COLOUR), ((PRODUCT_ID, product_id),)), key=lambda item: item[1].get(PATH, ""))
+        images = sorted(
+            catalogue.scroll((PATH, CATEGORY, META, COLOUR), ((PRODUCT_ID, product_id),)), key=lambda item: item[1].get(PATH, "")
+        )
         if not images:
             return None
         first = images[0][1]
@@ -171,7 +188,12 @@ class Service:
             "category": first.get(CATEGORY),
             "meta": first.get(META) or {},
             "images": [
-                {"point_id": pid, "path": payload.get(PATH), "url": f"/v1/images/{pid}", "colour": (payload.get(COLOUR) or {}).get("dominant")}
+                {
+                    "point_id": pid,
+                    "path": payload.get(PATH),
+                    "url": f"/v1/images/{pid}",
+                    "colour": (payload.get(COLOUR) or {}).get("dominant"),
+                }
                 for pid, payload in images
             ],
         }
@@ -263,10 +285,20 @@ class Service:
         report = sync(folder, scanned, catalogue, model=self.config.model, **self.config.model_loading, **options)
         changed = report.added + report.updated + report.deleted
         self.watch_state = {
-            "last_sync": time.time(), "added": report.added, "updated": report.updated, "deleted": report.deleted,
-            "failed": len(report.failed), "seconds": round(time.perf_counter() - started, 3),
+            "last_sync": time.time(),
+            "added": report.added,
+            "updated": report.updated,
+            "deleted": report.deleted,
+            "failed": len(report.failed),
+            "seconds": round(time.perf_counter() - started, 3),
         }
         if changed or report.failed:
-            log.info("watch: synced %s: %d added, %d updated, %d deleted, %d failed", folder, report.added, report.updated, report.deleted, len(report.failed))
+            log.info(
+                "watch: synced %s: %d added, %d updated, %d deleted, %d failed",
+                folder,
+                report.added,
+                report.updated,
+                report.deleted,
+                len(report.failed),
+            )
         return report
-
