@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import socket
 import struct
 import subprocess
@@ -420,3 +421,68 @@ def test_serve_help_lists_its_options():
     done = subprocess.run([sys.executable, "-m", "search.cli", "serve", "--help"], capture_output=True, text=True, timeout=60)
     for option in ("--host", "--port", "--watch", "--tls-cert", "--cors-origin", "--max-upload-mb", "CATALOGUE_API_KEY"):
         assert option in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_serve_over_tls(synced, store, tmp_path):
+    import ssl
+
+    import httpx
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "serve",
+            "--qdrant-path",
+            store,
+            "--port",
+            str(port),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline, answer, last = time.monotonic() + 120, None, None
+        while time.monotonic() < deadline and answer is None:
+            try:
+                answer = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ssl.create_default_context(cafile=str(cert)))
+            except httpx.TransportError as exc:
+                last = exc
+                time.sleep(0.2)
+        assert answer is not None and answer.json() == {"status": "ok"}, repr(last)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz")  # plain HTTP is not served
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
