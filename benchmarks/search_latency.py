@@ -22,8 +22,10 @@ def main() -> None:
     parser.add_argument("--locate", nargs="+", default=["none", "centre"])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"], help="as search image's --runtime")
     args = parser.parse_args()
 
+    from indexer.cli_common import model_loading
     from indexer.images import IMAGE_SUFFIXES
     from indexer.store import open_store
     from search.query import Searcher, SearchOptions
@@ -35,7 +37,7 @@ def main() -> None:
     totals: dict[str, float] = {}
     try:
         for name in (["none"] if "none" not in args.locate else []) + args.locate:
-            searcher = Searcher(catalogue, device=args.device, localiser=name)
+            searcher = Searcher(catalogue, localiser=name, **model_loading(args.device, args.runtime))
             searcher.search_file(photos[0], options)  # warm-up: lazy imports, first allocations
             timings: dict[str, list[float]] = {}
             for photo in photos:

@@ -168,7 +168,22 @@ def build(engine: str, folder: Path, size: int, quantization: str, on_disk: bool
         "index_s": index_seconds,
         "build_s": time.perf_counter() - started,
         "build_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **_memory_now(),
     }
+
+
+def _memory_now() -> dict:
+    """Resident memory now, split into anonymous pages (the process's own) and file pages (mapped store
+    files, which the kernel can drop and read again); the peak RSS printed counts both."""
+    fields = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                fields[key] = round(int(value.split()[0]) / 1024)
+    except OSError:
+        pass
+    return {"anon_mb": fields.get("RssAnon"), "file_mb": fields.get("RssFile")}
 
 
 def query(engine: str, folder: Path, size: int, count: int, truth_file: Path) -> dict:
@@ -232,6 +247,7 @@ def query(engine: str, folder: Path, size: int, count: int, truth_file: Path) ->
         "p95_ms": float(np.percentile(latencies, 95)),
         "recall10": hits / (10 * len(qs)),
         "query_rss_mb": rss,
+        **_memory_now(),
     }
 
 
@@ -279,7 +295,8 @@ def main() -> None:
                 print(
                     f"{size:>9,} {engine:10s} upsert {built['upsert_per_s']:8.0f}/s  index {built['index_s']:6.1f} s  "
                     f"open {queried['open_s']:5.2f} s  query p50 {queried['p50_ms']:6.1f} ms p95 {queried['p95_ms']:6.1f} ms  "
-                    f"recall@10 {queried['recall10']:.3f}  RSS build {built['build_rss_mb']:.0f} MB, query {queried['query_rss_mb']:.0f} MB",
+                    f"recall@10 {queried['recall10']:.3f}  RSS build {built['build_rss_mb']:.0f} MB, query {queried['query_rss_mb']:.0f} MB; "
+                    f"at the end anonymous/file pages: build {built['anon_mb']}/{built['file_mb']} MB, query {queried['anon_mb']}/{queried['file_mb']} MB",
                     flush=True,
                 )
                 shutil.rmtree(folder, ignore_errors=True)

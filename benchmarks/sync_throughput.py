@@ -29,10 +29,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=600, help="images used (copied to a temp folder)")
     parser.add_argument("--baseline-limit", type=int, default=150, help="images for the slow baseline")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"], help="as indexer sync's --runtime")
     args = parser.parse_args()
 
     from indexer.colour import extract_palette
-    from indexer.encoders import load_encoder
+    from indexer.encoders import default_cache_dir, load_encoder
     from indexer.images import load_rgb
     from indexer.scan import scan
     from indexer.store import open_store
@@ -46,7 +47,10 @@ def main() -> None:
             shutil.copy(source.path, dam / source.path.name)
         scanned = scan(dam)
         sources = scanned.images
-        encoders = [load_encoder(m, device=args.device) for m in args.model.split(",")]
+        encoders = [
+            load_encoder(m, device=args.device, runtime=args.runtime, cache_dir=default_cache_dir())
+            for m in args.model.split(",")
+        ]
 
         # Baseline: one image at a time, one thread.
         t = time.perf_counter()
@@ -85,7 +89,7 @@ def main() -> None:
             )
             process_times.append(time.perf_counter() - t)
 
-        print(f"images: {len(sources)}  model: {args.model}  device: {encoders[0].device}")
+        print(f"images: {len(sources)}  model: {args.model}  device: {encoders[0].device}  runtime: {type(encoders[0]).__name__}")
         print(f"baseline (serial, batch 1)  {baseline:7.1f} images/s   ({args.baseline_limit} images)")
         print(
             f"indexer sync, first run     {first['images_per_second']:7.1f} images/s   x{first['images_per_second'] / baseline:.2f} the baseline"

@@ -500,6 +500,13 @@ def text(text, top_k, candidates, filters, model, device, runtime, qdrant_path, 
     help="Searches waiting beyond the workers; past that, 503 with Retry-After at once.",
 )
 @click.option(
+    "--model-threads",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Threads of one ONNX model forward; concurrent searches use the other cores (1 measured best under load).",
+)
+@click.option(
     "--max-batch", type=click.IntRange(1, 512), default=32, show_default=True, help="Most images in one shared model forward."
 )
 @click.option(
@@ -553,6 +560,7 @@ def serve(
     max_products,
     workers,
     queue,
+    model_threads,
     max_batch,
     batch_wait_ms,
     max_upload_mb,
@@ -602,6 +610,7 @@ def serve(
         detector_options=detector_options,
         workers=workers,
         queue=queue,
+        model_threads=model_threads,
         max_batch=max_batch,
         batch_wait=batch_wait_ms / 1000,
         watch=watch,

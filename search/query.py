@@ -228,7 +228,7 @@ class Searcher:
                 mask = product_mask(crop)
                 views.append(on_white(crop, mask))
             t1 = time.perf_counter()
-            vectors = [l2_normalise(encoder.embed(views).mean(axis=0)) for encoder in self.encoders]
+            vectors = [l2_normalise(found.mean(axis=0)) for found in self._embed_all(views)]
             t2 = time.perf_counter()
             palette = extract_palette(crop, mask=mask) if mask is not None else extract_palette(image)
             t3 = time.perf_counter()
@@ -238,6 +238,12 @@ class Searcher:
             category = localiser.category_of(region.label)
             found.append(QueryFeatures(region=region, vectors=vectors, palette=palette, category=category))
         return found
+
+    def _embed_all(self, views: list) -> list[np.ndarray]:
+        """Every encoder's vectors for the views; encoders that can run in the background (the service's
+        batching ones) all run at once, each on its own thread."""
+        pending = [encoder.submit(views) if hasattr(encoder, "submit") else None for encoder in self.encoders]
+        return [job.result() if job is not None else encoder.embed(views) for encoder, job in zip(self.encoders, pending)]
 
     def query_features(self, path: str | Path) -> list[QueryFeatures]:
         """Decode a photo and compute its features, exactly as `search image` does (eval uses it)."""

@@ -131,3 +131,12 @@ def test_unknown_device_is_a_usage_error(synced, cli, dam, store, device):
 def test_bad_filter_syntax_is_a_usage_error(synced, cli, dam, store):
     result = cli("search", "image", dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--filter", "category")
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_the_readme_gives_other_services_the_formula_search_runs():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if b.lstrip().startswith('{"formula"')]
+    assert json.loads(block) == formula(np.array([42.0, 12.5, -3.1]), 0.05, 20.0)

@@ -151,8 +151,13 @@ def load_encoder(
     batch_size: int | None = None,
     cache_dir: Path | None = None,
     runtime: str = "auto",
+    threads: int | None = None,
 ) -> Encoder:
-    """Load `model` (offline name, hub id or local folder) ready to embed; see the module docstring for runtimes."""
+    """Load `model` (offline name, hub id or local folder) ready to embed; see the module docstring for runtimes.
+
+    `threads`: threads of one ONNX forward (default: every core). A service running several searches at
+    once does better with 1: the searches use the other cores.
+    """
     if runtime not in RUNTIMES:
         raise ModelLoadError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if runtime == "onnx":
@@ -161,11 +166,11 @@ def load_encoder(
         if cache_dir is None:
             raise ModelLoadError("the ONNX runtime needs a cache folder for its exports")
     use_onnx = runtime == "onnx" or (runtime == "auto" and cache_dir is not None and _runs_on_cpu(device))
-    encoder = _load_export(model, cache_dir) if use_onnx else None
+    encoder = _load_export(model, cache_dir, threads) if use_onnx else None
     if encoder is None:
         encoder = _load_torch(model, "cpu" if use_onnx else device)
         if use_onnx:
-            encoder = _export(encoder, cache_dir, required=runtime == "onnx")
+            encoder = _export(encoder, cache_dir, required=runtime == "onnx", threads=threads)
     if batch_size:
         encoder.batch_size = batch_size
     return encoder
@@ -204,20 +209,20 @@ def _load_torch(model: str, device: str) -> Encoder:
     return encoder_class(model)(model_id_for(model), device=resolve_device(device))
 
 
-def _load_export(model: str, cache_dir: Path) -> Encoder | None:
+def _load_export(model: str, cache_dir: Path, threads: int | None = None) -> Encoder | None:
     from indexer.encoders.exported import OnnxEncoder, find_export
 
     model_id = model_id_for(model)
     path = find_export(cache_dir, model_id, encoder_class(model).revision)
-    return OnnxEncoder(path) if path is not None else None
+    return OnnxEncoder(path, threads=threads) if path is not None else None
 
 
-def _export(encoder: Encoder, cache_dir: Path, *, required: bool) -> Encoder:
+def _export(encoder: Encoder, cache_dir: Path, *, required: bool, threads: int | None = None) -> Encoder:
     """The ONNX twin of a CPU torch encoder, exported now; the torch one if that fails and ONNX is optional."""
     from indexer.encoders.exported import OnnxEncoder, export_onnx
 
     try:
-        return OnnxEncoder(export_onnx(encoder, cache_dir))
+        return OnnxEncoder(export_onnx(encoder, cache_dir), threads=threads)
     except OSError as exc:
         error = ModelLoadError(f"cannot write the ONNX export of {encoder.model_id} to {cache_dir}: {first_line(exc)}")
     except ModelLoadError as exc:

@@ -1,6 +1,6 @@
 """A Qdrant server, through qdrant-client: for several processes, several machines, and scale.
 
-Differences from the embedded store that matter (README "Embedded store or
+Differences from the embedded store that matter (README "Stores: embedded or
 server"): the server takes concurrent clients (a sync beside a running
 `search serve`), builds its indexes in the background (a sync waits for them
 at its end), and keeps the collection record in Qdrant's collection metadata

@@ -31,7 +31,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser  # imported here: not on the first request
 
 from indexer.errors import BadInputError, CatalogueError, OptionError, StoreUnavailable, first_line
 from search.confidence import DEFAULT_MIN_CONFIDENCE
@@ -268,8 +270,6 @@ async def _photo(request: Request, limit: int) -> tuple[bytes, str]:
     if not multipart:
         data, name = body, "upload"
     else:
-        from starlette.datastructures import UploadFile
-        from starlette.formparsers import MultiPartException, MultiPartParser
 
         async def chunks():
             yield body

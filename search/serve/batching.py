@@ -54,14 +54,22 @@ class BatchingEncoder:
         return self.encoder.preprocess(image)
 
     def embed(self, images: Iterable) -> np.ndarray:
-        return self.embed_batch([self.encoder.preprocess(image) for image in images])
+        return self.submit(images).result()
+
+    def submit(self, images: Iterable) -> Future:
+        """Preprocess here (in the caller's thread), forward in the batching thread; the vectors come in the future."""
+        return self._submit([self.encoder.preprocess(image) for image in images])
 
     def embed_batch(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        if not len(inputs):
-            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        return self._submit(list(inputs)).result()
+
+    def _submit(self, inputs: list[np.ndarray]) -> Future:
         done: Future = Future()
-        self._inbox.put((list(inputs), done))
-        return done.result()
+        if not inputs:
+            done.set_result(np.zeros((0, self.encoder.dim), dtype=np.float32))
+        else:
+            self._inbox.put((inputs, done))
+        return done
 
     def close(self) -> None:
         self._inbox.put(None)

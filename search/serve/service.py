@@ -41,6 +41,7 @@ class ServeConfig:
     queue: int = 16
     max_batch: int = 32
     batch_wait: float = 0.002
+    model_threads: int | None = 1  # threads of one forward; concurrent searches use the other cores
     watch: Path | None = None
     watch_interval: float = 2.0
 
@@ -103,7 +104,8 @@ class Service:
         from indexer.encoders import load_encoder
 
         def batching_loader(model: str, **options):
-            return BatchingEncoder(load_encoder(model, **options), max_batch=config.max_batch, max_wait=config.batch_wait)
+            encoder = load_encoder(model, threads=config.model_threads, **options)
+            return BatchingEncoder(encoder, max_batch=config.max_batch, max_wait=config.batch_wait)
 
         self.searcher = Searcher(
             catalogue,
