@@ -63,11 +63,8 @@ WRITE_AMPLIFICATION = 4
 class EdgeStore:
     """An embedded store folder, locked for this process until `close()`."""
 
-    kind = "embedded"
-
     def __init__(self, root: Path, *, create: bool, command: str | None = None):
         self.root = root
-        self.location = str(root)
         if not root.is_dir():
             if not create:
                 raise BadInputError(
@@ -92,24 +89,20 @@ class EdgeStore:
             refuse_legacy(self.root, name)
         return catalogue
 
-    def collections(self) -> list[str]:
-        folder = self.root / COLLECTIONS
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if (p / RECORD).is_file() and not p.name.startswith("."))
-
     def describe(self) -> str:
         return f"embedded store {self.root}"
 
     def close(self) -> None:
         with self._guard:
             shards, self._shards = self._shards, {}
-        for name, shard in shards.items():
-            with self.errors(f"closing collection {name!r}"):
-                shard.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        try:
+            for name, shard in shards.items():
+                with self.errors(f"closing collection {name!r}"):
+                    shard.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self) -> EdgeStore:
         return self

@@ -54,8 +54,6 @@ def redact(url: str) -> str:
 class ServerStore:
     """A connection to a Qdrant server, checked (reachable, key accepted, recent enough) when opened."""
 
-    kind = "server"
-
     def __init__(self, url: str, api_key: str | None = None):
         from qdrant_client import QdrantClient
 
@@ -82,10 +80,6 @@ class ServerStore:
 
     def collection(self, name: str) -> ServerCatalogue:
         return ServerCatalogue(self, name)
-
-    def collections(self) -> list[str]:
-        with self.errors("listing collections"):
-            return sorted(c.name for c in self.client.get_collections().collections)
 
     def describe(self) -> str:
         return f"Qdrant server {self.location}"

@@ -79,6 +79,10 @@ class Service:
         except CatalogueError as exc:
             self.failure = exc  # `run` reports it in one line and exits with its code
             return
+        except Exception as exc:  # noqa: BLE001 - a bug: logged in full, reported in one line
+            log.exception("loading failed")
+            self.failure = CatalogueError(f"internal error while loading ({type(exc).__name__}); the log above has the details")
+            return
         self.ready.set()
         log.info("ready: collection %r in the %s, %d images", self.config.collection, self.store.describe(), self.searcher.images)
         threading.Thread(target=self._count_products, name="count-products", daemon=True).start()
@@ -268,6 +272,9 @@ class Service:
             except CatalogueError as exc:
                 self.watch_state = {"last_error": str(exc), "at": time.time()}
                 log.warning("watch: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - keep watching; the log has the traceback
+                self.watch_state = {"last_error": f"internal error ({type(exc).__name__})", "at": time.time()}
+                log.exception("watch: sync failed")
 
     def _sync(self, catalogue, scanned=None, encoders=None):
         from indexer.scan import scan
