@@ -79,7 +79,7 @@ class Service:
         except CatalogueError as exc:
             self.failure = exc  # `run` reports it in one line and exits with its code
             return
-        except Exception as exc:  # noqa: BLE001 - a bug: logged in full, reported in one line
+        except Exception as exc:  # a bug: logged in full, reported in one line
             log.exception("loading failed")
             self.failure = CatalogueError(f"internal error while loading ({type(exc).__name__}); the log above has the details")
             return
@@ -272,7 +272,7 @@ class Service:
             except CatalogueError as exc:
                 self.watch_state = {"last_error": str(exc), "at": time.time()}
                 log.warning("watch: %s", exc)
-            except Exception as exc:  # noqa: BLE001 - keep watching; the log has the traceback
+            except Exception as exc:  # keep watching; the log has the traceback
                 self.watch_state = {"last_error": f"internal error ({type(exc).__name__})", "at": time.time()}
                 log.exception("watch: sync failed")
 
