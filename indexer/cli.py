@@ -35,6 +35,15 @@ def main() -> None:
     """
 
 
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    index, sep, count = value.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise click.BadParameter(f"{value!r}: expected I/N with 0 <= I < N, e.g. 0/4", param_hint="--shard")
+    return int(index), int(count)
+
+
 def _parse_renames(values: tuple[str, ...]) -> dict[str, str]:
     renames = {}
     for value in values:
@@ -102,6 +111,14 @@ def _parse_renames(values: tuple[str, ...]) -> dict[str, str]:
     envvar="CATALOGUE_HNSW_THRESHOLD",
     help=f"New collection: search exactly below this many points per segment, build an HNSW index above [default: {DEFAULT_HNSW_THRESHOLD:,}; env CATALOGUE_HNSW_THRESHOLD].",
 )
+@click.option(
+    "--shard",
+    metavar="I/N",
+    envvar="CATALOGUE_SHARD",
+    callback=lambda _ctx, _param, value: _parse_shard(value),
+    help="Index only shard I of N (0 <= I < N): N workers index one folder into one Qdrant server at once, "
+    "each deleting only its own vanished points [env CATALOGUE_SHARD].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
@@ -118,12 +135,14 @@ def sync(
     dry_run,
     device,
     runtime,
+    dtype,
     batch_size,
     workers,
     colours,
     quantization,
     on_disk,
     hnsw_threshold,
+    shard,
     as_json,
     quiet,
 ) -> None:
@@ -171,11 +190,12 @@ def sync(
             model=model,
             reindex=reindex,
             dry_run=dry_run,
-            **model_loading(device, runtime),
+            **model_loading(device, runtime, dtype),
             batch_size=batch_size,
             workers=workers,
             colours=colours,
             storage=storage,
+            shard=shard,
             on_plan=on_plan,
             progress=lambda n: bar.update(n) if bar else None,
             on_index=on_index,
@@ -217,7 +237,7 @@ def _print_summary(dam: Path, report) -> None:
             if k in ("read", "decode", "colour", "preprocess", "encode", "upsert")
         )
         click.echo(
-            f"Encoded {report.encoded} images at {data['images_per_second']} images/s ({stages}; worker stages summed over threads)"
+            f"Encoded {report.encoded} images at {data['images_per_second']} images/s ({stages}; read to preprocess: CPU seconds of the worker threads; encode and upsert: wall seconds)"
         )
 
 

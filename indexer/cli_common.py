@@ -80,6 +80,14 @@ def device_option(command: Callable) -> Callable:
         return value
 
     command = click.option(
+        "--dtype",
+        type=click.Choice(("auto", "fp32", "fp16", "bf16")),
+        default="auto",
+        show_default=True,
+        envvar="CATALOGUE_DTYPE",
+        help="Precision of torch models: auto is fp16 on a GPU, fp32 on the CPU (ONNX runs fp32) [env CATALOGUE_DTYPE].",
+    )(command)
+    command = click.option(
         "--runtime",
         type=click.Choice(("auto", "torch", "onnx")),
         default="auto",
@@ -98,11 +106,11 @@ def device_option(command: Callable) -> Callable:
     )(command)
 
 
-def model_loading(device: str, runtime: str) -> dict:
+def model_loading(device: str, runtime: str, dtype: str = "auto") -> dict:
     """How the commands load models: on the device asked for, through the runtime asked for, exports in the user cache."""
     from indexer.encoders import default_cache_dir
 
-    return {"device": device, "runtime": runtime, "cache_dir": default_cache_dir()}
+    return {"device": device, "runtime": runtime, "dtype": dtype, "cache_dir": default_cache_dir()}
 
 
 def open_catalogue(qdrant_path: str | None, qdrant_url: str | None, collection: str, *, create: bool = False):

@@ -117,6 +117,19 @@ class Scan:
         """Every path sync must not treat as vanished: the images and the files that failed."""
         return {image.relative for image in self.images} | {path for path, _ in self.failed}
 
+    def shard(self, index: int, count: int) -> Scan:
+        """The part of the scan shard `index` of `count` owns (by point id, see `indexer.store.shard_of`)."""
+        from indexer.store.schema import shard_of
+
+        def own(path: str) -> bool:
+            return shard_of(_point_id(path), count) == index
+
+        return Scan(
+            images=[image for image in self.images if own(image.relative)],
+            failed=[item for item in self.failed if own(item[0])],
+            skipped=[item for item in self.skipped if own(item[0])],
+        )
+
 
 def scan(root: Path, *, id_pattern: re.Pattern | None = None, manifest: Manifest | None = None) -> Scan:
     """Every image under `root`, sorted by relative path, and what could not or should not be indexed.
@@ -197,6 +210,12 @@ def _source(root, real_root, path: Path, relative: str, id_pattern, manifest) ->
         meta=meta,
     )
     return ("ok", ""), image
+
+
+def _point_id(path: str) -> str:
+    from indexer.store.schema import point_id
+
+    return point_id(path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
 
 
 def _relative(root: Path, folder: str, name: str) -> str:

@@ -30,7 +30,7 @@ from indexer.errors import BadInputError, OptionError
 from indexer.images import load_rgb, read_file
 from indexer.scan import Scan, SourceImage, display_path
 from indexer.store import Catalogue, IndexedImage, Point, StorageSettings, image_payload, point_id
-from indexer.store.schema import COLOUR
+from indexer.store.schema import COLOUR, shard_of
 
 #: JPEGs decode at reduced scale down to this short side: models need 224-260 px, colours 96.
 DECODE_SHORT_SIDE = 512
@@ -54,6 +54,7 @@ class SyncReport:
     dry_run: bool = False
     collection: str = ""
     models: list[str] = field(default_factory=list)
+    shard: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -71,6 +72,7 @@ class SyncReport:
             "dry_run": self.dry_run,
             "collection": self.collection,
             "models": self.models,
+            "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
         }
 
 
@@ -103,11 +105,13 @@ def sync(
     dry_run: bool = False,
     device: str = "auto",
     runtime: str = "auto",
+    dtype: str = "auto",
     cache_dir: Path | None = None,
     batch_size: int | None = None,
     workers: int = 4,
     colours: int = 3,
     storage: dict | None = None,
+    shard: tuple[int, int] | None = None,
     progress: Callable[[int], object] | None = None,
     on_plan: Callable[[int], object] | None = None,
     on_index: Callable[[int], object] | None = None,
@@ -125,14 +129,19 @@ def sync(
     `reindex` over the collection's own; an existing collection refuses a
     change (settings are fixed when a collection is made).
     `runtime` and `cache_dir` choose how models run (`indexer.encoders.load_encoder`).
+    `shard` (index, count): this worker's part of the folder only, so that `count` workers index one
+    folder into one collection at once; each deletes only its own vanished points.
     `on_plan(total)` is called once the number of images to read is known,
     `progress(n)` as they are done, `on_index(points)` before the engine
     builds its index.
     """
     started = time.perf_counter()
-    sources = scanned.images
-    if not sources and not scanned.failed:
+    if not scanned.images and not scanned.failed:
         raise BadInputError(f"{root}: no images found (.jpg .jpeg .png .webp); nothing was changed")
+    if shard is not None and reindex:
+        raise OptionError(
+            "--reindex rebuilds the whole collection: run it once without --shard, then shard the syncs that follow"
+        )
     exists = catalogue.exists()
     # A rebuild with the model named needs nothing from the old record: it may be what is broken.
     trust_record = exists and not (reindex and model)
@@ -154,11 +163,21 @@ def sync(
             )
 
     report = SyncReport(
-        dry_run=dry_run, collection=catalogue.name, models=wanted, failed=list(scanned.failed), skipped=list(scanned.skipped)
+        dry_run=dry_run,
+        collection=catalogue.name,
+        models=wanted,
+        failed=list(scanned.failed),
+        skipped=list(scanned.skipped),
+        shard=shard,
     )
     indexed = {} if (reindex or not exists) else {image.path: image for image in catalogue.indexed_images()}
     if indexed and not reindex:
         _refuse_another_folder(catalogue, root, indexed, scanned)
+    if shard is not None:
+        scanned = scanned.shard(*shard)
+        report.failed, report.skipped = list(scanned.failed), list(scanned.skipped)
+        indexed = {path: image for path, image in indexed.items() if shard_of(image.point_id, shard[1]) == shard[0]}
+    sources = scanned.images
     plan = _plan(sources, indexed, scanned.paths)
     if dry_run:
         _count_dry_run(plan, report)
@@ -167,7 +186,10 @@ def sync(
 
     encoders: list[Encoder] = []
     if plan.to_encode or reindex or not exists:
-        encoders = [encoder_loader(m, device=device, batch_size=batch_size, runtime=runtime, cache_dir=cache_dir) for m in wanted]
+        encoders = [
+            encoder_loader(m, device=device, batch_size=batch_size, runtime=runtime, dtype=dtype, cache_dir=cache_dir)
+            for m in wanted
+        ]
         specs = [e.spec for e in encoders]
         if reindex:
             catalogue.drop()
@@ -283,28 +305,31 @@ def _metadata_payload(source: SourceImage, sha256: str) -> dict:
 
 
 def _prepare(source: SourceImage, known_sha256: str | None, encoders: list[Encoder], colours: int) -> _Prepared:
-    """Worker-thread stage: read, hash, decode, colours, model inputs. Never raises for bad files."""
-    # scipy: only paid for when something is encoded
+    """Worker-thread stage: read, hash, decode, colours, model inputs. Never raises for bad files.
+
+    Stage times are this thread's CPU time: what each stage costs, whatever the other threads do.
+    """
     from indexer.colour import extract_palette
 
-    t0 = time.perf_counter()
+    clock = time.thread_time
+    t0 = clock()
     try:
         data = read_file(source.path, label=source.relative)
     except BadInputError as exc:
         return _Prepared(source, "", error=_reason(exc, source))
     sha = _sha256(data)
-    t1 = time.perf_counter()
+    t1 = clock()
     if sha == known_sha256:
         return _Prepared(source, sha, timings={"read": t1 - t0})  # touched, not changed
     try:
         image = load_rgb(data, name=source.relative, draft=DECODE_SHORT_SIDE)
     except BadInputError as exc:
         return _Prepared(source, sha, error=_reason(exc, source))
-    t2 = time.perf_counter()
+    t2 = clock()
     colour = extract_palette(image, k=colours).to_payload()
-    t3 = time.perf_counter()
+    t3 = clock()
     inputs = [encoder.preprocess(image) for encoder in encoders]
-    t4 = time.perf_counter()
+    t4 = clock()
     timings = {"read": t1 - t0, "decode": t2 - t1, "colour": t3 - t2, "preprocess": t4 - t3}
     return _Prepared(source, sha, inputs=inputs, colour=colour, timings=timings)
 

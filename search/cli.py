@@ -121,11 +121,11 @@ def _detector_options(locate, detector, prompts, max_products) -> dict:
     return options
 
 
-def _searcher(catalogue, model, device, runtime, locate, detector, prompts, max_products):
+def _searcher(catalogue, model, loading: dict, locate, detector, prompts, max_products):
     from search.query import Searcher
 
     options = _detector_options(locate, detector, prompts, max_products)
-    return Searcher(catalogue, model=model, localiser=locate, detector_options=options, **model_loading(device, runtime))
+    return Searcher(catalogue, model=model, localiser=locate, detector_options=options, **loading)
 
 
 def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence):
@@ -162,6 +162,7 @@ def image(
     model,
     device,
     runtime,
+    dtype,
     locate,
     detector,
     prompts,
@@ -196,7 +197,7 @@ def image(
         raise BadInputError(f"{missing[0]}: no such file")
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
     t1 = time.perf_counter()
-    searcher = _searcher(catalogue, model, device, runtime, locate, detector, prompts, max_products)
+    searcher = _searcher(catalogue, model, model_loading(device, runtime, dtype), locate, detector, prompts, max_products)
     t2 = time.perf_counter()
     results, failures = [], 0
     for photo in photos:
@@ -290,6 +291,7 @@ def eval_command(
     model,
     device,
     runtime,
+    dtype,
     locate,
     detector,
     prompts,
@@ -329,7 +331,13 @@ def eval_command(
     grid = (_floats(alphas, "--alphas"), _floats(thresholds, "--thresholds")) if sweep else None
     truth = read_ground_truth(ground_truth)
     searcher = _searcher(
-        open_catalogue(qdrant_path, qdrant_url, collection), model, device, runtime, locate, detector, prompts, max_products
+        open_catalogue(qdrant_path, qdrant_url, collection),
+        model,
+        model_loading(device, runtime, dtype),
+        locate,
+        detector,
+        prompts,
+        max_products,
     )
     photos = sum(1 for name in query_photos(queries) if name in truth)
     with progress_bar(photos, "evaluating", enabled=not quiet) as bar:
@@ -414,7 +422,7 @@ def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> N
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (the shape of one `search image --json` entry).")
 @reports_errors
-def text(text, top_k, candidates, filters, model, device, runtime, qdrant_path, qdrant_url, collection, as_json) -> None:
+def text(text, top_k, candidates, filters, model, device, runtime, dtype, qdrant_path, qdrant_url, collection, as_json) -> None:
     """Find catalogue products from a description, e.g. search text "black saddle bag".
 
     Needs a model with a text tower (FashionCLIP and other CLIP models): the
@@ -431,7 +439,8 @@ def text(text, top_k, candidates, filters, model, device, runtime, qdrant_path, 
     options = make_options(top_k=top_k, candidates=candidates, filters=filters, colour=False)
     if not text.strip():
         raise click.BadParameter("give some words to look for", param_hint="TEXT")
-    searcher = _searcher(open_catalogue(qdrant_path, qdrant_url, collection), model, device, runtime, "none", None, (), 1)
+    loading = model_loading(device, runtime, dtype)
+    searcher = _searcher(open_catalogue(qdrant_path, qdrant_url, collection), model, loading, "none", None, (), 1)
     index = searcher.text_model()
     encoder = load_text_encoder(searcher.specs[index].model, device=device) if index is not None else None
     result = searcher.search_text(text.strip(), options, encoder)
@@ -554,6 +563,7 @@ def serve(
     model,
     device,
     runtime,
+    dtype,
     locate,
     detector,
     prompts,
@@ -605,7 +615,7 @@ def serve(
         api_key=os.environ.get("QDRANT_API_KEY") or None,
         collection=collection,
         model=model,
-        model_loading=model_loading(device, runtime),
+        model_loading=model_loading(device, runtime, dtype),
         locate=locate,
         detector_options=detector_options,
         workers=workers,

@@ -156,6 +156,7 @@ class Searcher:
         encoder_loader: Callable[..., Encoder] = load_encoder,
         detector_options: dict | None = None,
         runtime: str = "auto",
+        dtype: str = "auto",
         cache_dir: Path | None = None,
     ):
         if not catalogue.exists():
@@ -170,7 +171,9 @@ class Searcher:
         metadata = catalogue.metadata()
         self.root = metadata.get("root")
         self.calibration = Calibration.from_metadata(metadata.get("calibration"))
-        self.encoders = [encoder_loader(spec.model, device=device, runtime=runtime, cache_dir=cache_dir) for spec in recorded]
+        self.encoders = [
+            encoder_loader(spec.model, device=device, runtime=runtime, dtype=dtype, cache_dir=cache_dir) for spec in recorded
+        ]
         catalogue.check_models(wanted, loaded=[e.spec for e in self.encoders])
         self.images = catalogue.count()  # opens the collection now: the first search pays only for itself
         self._device = device

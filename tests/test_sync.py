@@ -329,3 +329,47 @@ def test_unloadable_model_is_exit_6(cli, dam, store, tmp_path):
     result = cli("indexer", "sync", dam, "--model", str(tmp_path / "no-such-model"), "--qdrant-path", store)
     assert result.exit_code == 6
     assert "efficientnet-lite0" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_shards_synced_one_after_another_equal_one_full_sync(cli, dam, tmp_path, tiny_clip):
+    """N workers' shards (--shard I/N) make exactly the collection one sync makes, point for point."""
+    full, sharded = str(tmp_path / "full"), str(tmp_path / "sharded")
+    assert cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", full).exit_code == 0
+    added = []
+    for index in range(3):
+        result, report = sync_json(cli, dam, "--model", tiny_clip, "--qdrant-path", sharded, "--shard", f"{index}/3")
+        assert result.exit_code == 0 and report["shard"] == f"{index}/3"
+        added.append(report["added"])
+    assert sum(added) == 16 and all(0 < n < 16 for n in added)  # each worker did a part
+    one = {p.id: p for p in all_points(full, with_vectors=True)}
+    many = {p.id: p for p in all_points(sharded, with_vectors=True)}
+    assert one.keys() == many.keys()
+    for pid, point in one.items():
+        assert many[pid].payload["path"] == point.payload["path"]
+        assert many[pid].payload["colour"] == point.payload["colour"]
+        for name, vector in point.vector.items():
+            assert np.allclose(many[pid].vector[name], vector, atol=1e-6)
+
+
+def test_a_shard_deletes_only_its_own_vanished_points(cli, dam, store, tiny_clip):
+    from indexer.store.schema import shard_of
+
+    assert cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store).exit_code == 0
+    owner = {p.payload["path"]: shard_of(p.id, 2) for p in all_points(store)}
+    gone = [path for path, shard in owner.items() if shard == 1][:2]
+    for path in gone:
+        (dam / path).unlink()
+    result, report = sync_json(cli, dam, "--qdrant-path", store, "--shard", "0/2")
+    assert (result.exit_code, report["deleted"]) == (0, 0)  # not shard 0's points to delete
+    assert set(gone) <= {p.payload["path"] for p in all_points(store)}
+    result, report = sync_json(cli, dam, "--qdrant-path", store, "--shard", "1/2")
+    assert (result.exit_code, report["deleted"]) == (0, 2)
+    assert not set(gone) & {p.payload["path"] for p in all_points(store)}
+
+
+@pytest.mark.parametrize("bad", ["2/2", "1", "a/b", "-1/3", "0/0"])
+def test_bad_shard_values_and_reindex_with_a_shard_are_usage_errors(cli, dam, store, tiny_clip, bad):
+    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--shard", bad)
+    assert result.exit_code == 2 and "I/N" in result.stderr
+    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--shard", "0/2", "--reindex")
+    assert result.exit_code == 2 and "without --shard" in result.stderr

@@ -60,6 +60,9 @@ DEFAULT_MODEL = "patrickjohncyh/fashion-clip"
 MODEL_ENV_VAR = "CATALOGUE_MODEL"
 OFFLINE_MODELS = ("efficientnet-lite0", "efficientnet-lite2")
 RUNTIMES = ("auto", "torch", "onnx")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+#: Images per forward when --batch-size is not given: a GPU is fed far more at once than a CPU.
+DEVICE_BATCH_SIZES = {"cpu": 32, "cuda": 256, "mps": 64}
 CACHE_ENV_VAR = "CATALOGUE_CACHE"
 
 
@@ -152,12 +155,17 @@ def load_encoder(
     cache_dir: Path | None = None,
     runtime: str = "auto",
     threads: int | None = None,
+    dtype: str = "auto",
 ) -> Encoder:
     """Load `model` (offline name, hub id or local folder) ready to embed; see the module docstring for runtimes.
 
     `threads`: threads of one ONNX forward (default: every core). A service running several searches at
     once does better with 1: the searches use the other cores.
+    `dtype` (torch only; ONNX runs fp32): `auto` is fp16 on a GPU, fp32 on the CPU; or fp32, fp16, bf16.
+    The batch size is picked for the device unless given: DEVICE_BATCH_SIZES.
     """
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if runtime not in RUNTIMES:
         raise ModelLoadError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if runtime == "onnx":
@@ -168,11 +176,10 @@ def load_encoder(
     use_onnx = runtime == "onnx" or (runtime == "auto" and cache_dir is not None and _runs_on_cpu(device))
     encoder = _load_export(model, cache_dir, threads) if use_onnx else None
     if encoder is None:
-        encoder = _load_torch(model, "cpu" if use_onnx else device)
+        encoder = _load_torch(model, "cpu" if use_onnx else device, "auto" if use_onnx else dtype)
         if use_onnx:
             encoder = _export(encoder, cache_dir, required=runtime == "onnx", threads=threads)
-    if batch_size:
-        encoder.batch_size = batch_size
+    encoder.batch_size = batch_size or DEVICE_BATCH_SIZES.get(encoder.device.split(":")[0], encoder.batch_size)
     return encoder
 
 
@@ -205,8 +212,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "catalogue-indexer" / "onnx"
 
 
-def _load_torch(model: str, device: str) -> Encoder:
-    return encoder_class(model)(model_id_for(model), device=resolve_device(device))
+def _load_torch(model: str, device: str, dtype: str = "auto") -> Encoder:
+    return encoder_class(model)(model_id_for(model), device=resolve_device(device), dtype=dtype)
 
 
 def _load_export(model: str, cache_dir: Path, threads: int | None = None) -> Encoder | None:

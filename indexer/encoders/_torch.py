@@ -25,21 +25,33 @@ class Features(torch.nn.Module):
         return self._features(self.model, pixels)
 
 
-def inference_dtype(device: str) -> torch.dtype:
-    """fp16 on accelerators (twice the throughput, same ranking), fp32 on CPU."""
-    return torch.float16 if device.startswith(("cuda", "mps")) else torch.float32
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def prepare(module: torch.nn.Module, device: str) -> torch.nn.Module:
-    module = module.eval().to(device=device, dtype=inference_dtype(device))
+def inference_dtype(device: str, dtype: str = "auto") -> torch.dtype:
+    """`auto`: fp16 on accelerators (twice the throughput, the same ranking), fp32 on CPU; else as asked."""
+    if dtype == "auto":
+        return torch.float16 if device.startswith(("cuda", "mps")) else torch.float32
+    return _DTYPES[dtype]
+
+
+def prepare(module: torch.nn.Module, device: str, dtype: str = "auto") -> torch.nn.Module:
+    module = module.eval().to(device=device, dtype=inference_dtype(device, dtype))
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return module
 
 
-def run(forward: Callable[[torch.Tensor], torch.Tensor], batch: np.ndarray, device: str) -> np.ndarray:
-    """Apply `forward` to a numpy batch on `device`; float32 numpy back."""
-    tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(device=device, dtype=inference_dtype(device))
+def run(forward: Callable[[torch.Tensor], torch.Tensor], batch: np.ndarray, device: str, dtype: str = "auto") -> np.ndarray:
+    """Apply `forward` to a numpy batch on `device`; float32 numpy back.
+
+    On CUDA the batch goes through pinned memory with a non-blocking copy and is cast on the GPU:
+    the CPU only hands over bytes, it converts nothing.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(batch))
+    if device.startswith("cuda"):
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    tensor = tensor.to(device=device, dtype=inference_dtype(device, dtype))
     if tensor.ndim == 4:
         tensor = tensor.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():

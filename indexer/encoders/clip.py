@@ -18,7 +18,7 @@ from indexer.errors import ModelLoadError, first_line
 
 
 class CLIPEncoder(Encoder):
-    def __init__(self, name_or_path: str, *, device: str = "cpu"):
+    def __init__(self, name_or_path: str, *, device: str = "cpu", dtype: str = "auto"):
         import transformers
         from transformers import (
             AutoConfig,
@@ -53,7 +53,8 @@ class CLIPEncoder(Encoder):
         self.model_id = name_or_path
         self.device = device
         self.dim = int(vision_config.projection_dim)
-        self.network = _torch.prepare(_torch.Features(model, _image_embeds), device)
+        self.dtype = dtype
+        self.network = _torch.prepare(_torch.Features(model, _image_embeds), device, dtype)
 
     @property
     def recipe(self) -> ClipPixels:
@@ -67,7 +68,7 @@ class CLIPEncoder(Encoder):
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         from indexer.encoders import _torch
 
-        return _torch.run(self.network, batch, self.device)
+        return _torch.run(self.network, batch, self.device, self.dtype)
 
 
 def _image_embeds(model, pixels):

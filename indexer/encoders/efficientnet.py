@@ -83,7 +83,7 @@ def fuse_batch_norms(model):
 class EfficientNetLiteEncoder(Encoder):
     revision = 2  # 1 trimmed the catalogue shot's edges like the ImageNet reference
 
-    def __init__(self, name: str, *, device: str = "cpu"):
+    def __init__(self, name: str, *, device: str = "cpu", dtype: str = "auto"):
         from indexer.encoders import _torch
 
         if name not in _IMAGE_SIZE:
@@ -93,7 +93,8 @@ class EfficientNetLiteEncoder(Encoder):
         self.dim = 1280
         self.image_size = _IMAGE_SIZE[name]
         self.recipe = CentreSquare(self.image_size)
-        self.network = _torch.prepare(_torch.Features(fuse_batch_norms(build_reference(name)), _pooled_features), device)
+        self.dtype = dtype
+        self.network = _torch.prepare(_torch.Features(fuse_batch_norms(build_reference(name)), _pooled_features), device, dtype)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.recipe(image)
@@ -101,7 +102,7 @@ class EfficientNetLiteEncoder(Encoder):
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         from indexer.encoders import _torch
 
-        return _torch.run(self.network, batch, self.device)
+        return _torch.run(self.network, batch, self.device, self.dtype)
 
 
 def _pooled_features(model, pixels):

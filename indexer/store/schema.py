@@ -56,6 +56,11 @@ def point_id(relative_path: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, relative_path))
 
 
+def shard_of(pid: str, count: int) -> int:
+    """Which of `count` shards owns a point (`indexer sync --shard I/N`): stable, and the same on every worker."""
+    return uuid.UUID(pid).int % count
+
+
 def vector_name(model_id: str) -> str:
     """Short stable name of a model's vector: the last path component, lower-case."""
     tail = model_id.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1].lower()

@@ -153,17 +153,24 @@ class ServerCatalogue(Catalogue):
             if settings.quantization == "int8"
             else None
         )
-        with self._errors(f"creating collection {self.name!r}"):
-            self._client.create_collection(
-                self.name,
-                vectors_config={
-                    m.vector: qm.VectorParams(size=m.dim, distance=qm.Distance.COSINE, on_disk=settings.on_disk) for m in models
-                },
-                hnsw_config=qm.HnswConfigDiff(full_scan_threshold=kb),
-                optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=kb),
-                quantization_config=quantization,
-                metadata={METADATA_KEY: record},
-            )
+        try:
+            with self._errors(f"creating collection {self.name!r}"):
+                self._client.create_collection(
+                    self.name,
+                    vectors_config={
+                        m.vector: qm.VectorParams(size=m.dim, distance=qm.Distance.COSINE, on_disk=settings.on_disk)
+                        for m in models
+                    },
+                    hnsw_config=qm.HnswConfigDiff(full_scan_threshold=kb),
+                    optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=kb),
+                    quantization_config=quantization,
+                    metadata={METADATA_KEY: record},
+                )
+        except StoreUnavailable:
+            if self.exists():
+                return  # another worker (--shard) made it at the same moment: it makes the indexes, the caller checks the models
+            raise
+        with self._errors(f"creating the payload indexes of {self.name!r}"):
             for field in INDEXED_FIELDS:
                 self._client.create_payload_index(
                     self.name, field, qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, on_disk=True)
