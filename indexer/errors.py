@@ -4,6 +4,7 @@
     +-- OptionError         exit 2   an option value or combination that cannot work
     +-- BadInputError       exit 3   a missing folder, a file that is not a usable image
     +-- StoreUnavailable    exit 4   Qdrant unreachable, or the embedded store is locked
+    |   +-- StoreInUse               another process holds the embedded store (which one, when known)
     +-- ModelMismatch       exit 5   the collection was built with another model
     +-- ModelLoadError      exit 6   the model cannot be loaded (not found, no network)
 
@@ -33,6 +34,16 @@ class BadInputError(CatalogueError):
 
 class StoreUnavailable(CatalogueError):
     exit_code = 4
+
+
+class StoreInUse(StoreUnavailable):
+    """Another process holds the embedded store: `pid` and `command` when its lock file says."""
+
+    def __init__(self, message: str, *, folder, pid: int | None = None, command: str | None = None):
+        super().__init__(message)
+        self.folder = folder
+        self.pid = pid
+        self.command = command
 
 
 class ModelMismatch(CatalogueError):

@@ -188,38 +188,50 @@ def image(
     import time
 
     from indexer.cli_common import process_age
-    from indexer.errors import BadInputError
+    from indexer.errors import BadInputError, StoreInUse
 
     started, t0 = process_age(), time.perf_counter()
     options = _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence)
     missing = [p for p in photos if not p.is_file()]
     if len(missing) == len(photos):
         raise BadInputError(f"{missing[0]}: no such file")
-    catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
+    server = None
+    try:
+        catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
+    except StoreInUse as exc:
+        from search.serve import handoff
+
+        server = handoff.server_for(exc)  # the store's holder is a search serve: it answers for us
+        if server is None:
+            raise
+    if server is not None:
+        results, failures = _search_remotely(server, photos, handoff.query_of(options, locate))
+        _print_results(results, options, as_json, multiple=len(photos) > 1)
+        if verbose:
+            click.echo(f"answered by search serve at {server['url']} (process {server['pid']}), which holds the store", err=True)
+        if failures:
+            raise SystemExit(BadInputError.exit_code)
+        return
     t1 = time.perf_counter()
     searcher = _searcher(catalogue, model, model_loading(device, runtime, dtype), locate, detector, prompts, max_products)
     t2 = time.perf_counter()
-    results, failures = [], 0
+    found, failures = [], 0
     for photo in photos:
         try:
-            results.append(searcher.search_file(photo, options))
+            found.append(searcher.search_file(photo, options))
         except BadInputError as exc:
             click.echo(f"Error: {exc}", err=True)
             failures += 1
-    if as_json:
-        emit_json([r.to_dict() for r in results])
-    else:
-        for result in results:
-            _print_result(result, options, multiple=len(photos) > 1)
+    _print_results([r.to_dict() for r in found], options, as_json, multiple=len(photos) > 1)
     if verbose:
         stages = {}
-        for result in results:
+        for result in found:
             for stage, seconds in result.timings.items():
                 stages[stage] = stages.get(stage, 0.0) + seconds
         photos_seconds = stages.pop("total", 0.0)
         click.echo(
             (f"start-up (interpreter, imports) {started:.2f} s, " if started is not None else "")
-            + f"store {t1 - t0:.2f} s, models {t2 - t1:.2f} s, {len(results)} photo(s) {photos_seconds:.2f} s ("
+            + f"store {t1 - t0:.2f} s, models {t2 - t1:.2f} s, {len(found)} photo(s) {photos_seconds:.2f} s ("
             + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.items() if k != "features")
             + f"), process so far {(started or 0.0) + time.perf_counter() - t0:.2f} s",
             err=True,
@@ -228,27 +240,57 @@ def image(
         raise SystemExit(BadInputError.exit_code)
 
 
-def _print_result(result, options, multiple: bool) -> None:
+def _search_remotely(server: dict, photos, query: dict) -> tuple[list[dict], int]:
+    """Each photo through the running `search serve`; a bad photo is one line, the others still answered."""
+    import os
+
+    from indexer.errors import BadInputError
+    from search.serve import handoff
+
+    results, failures = [], 0
+    for photo in photos:
+        try:
+            results.append(handoff.search(server, photo, query, api_key=os.environ.get("CATALOGUE_API_KEY") or None))
+        except BadInputError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            failures += 1
+    return results, failures
+
+
+def _print_results(results: list[dict], options, as_json: bool, multiple: bool) -> None:
+    if as_json:
+        emit_json(results)
+        return
+    for result in results:
+        _print_result(result, options, multiple)
+
+
+def _print_result(result: dict, options, multiple: bool) -> None:
+    """One photo's answer, from its JSON form (the same whether searched here or by a running server)."""
     if multiple:
-        click.echo(f"\n{result.query}")
-    for n, group in enumerate(result.groups):
-        if len(result.groups) > 1:
-            x0, y0, x1, y1 = group.region.box
-            what = f" {group.region.label}" if group.region.label else ""
+        click.echo(f"\n{result['query']}")
+    groups = result["groups"]
+    for n, group in enumerate(groups):
+        if len(groups) > 1:
+            x0, y0, x1, y1 = group["box"]
+            what = f" {group['label']}" if group["label"] else ""
             click.echo(
-                f"{'' if n == 0 else chr(10)}product {n + 1}{what} at ({x0},{y0})-({x1},{y1}), region score {group.region.score:.3f}"
+                f"{'' if n == 0 else chr(10)}product {n + 1}{what} at ({x0},{y0})-({x1},{y1}), region score {group['region_score']:.3f}"
             )
-        if not group.matches:
+        if not group["matches"]:
             click.echo("no product matches (check --filter and the collection)")
             continue
-        if not group.confident:
+        if not group["confident"]:
             click.echo(
-                f"no confident match (confidence {group.confidence:.2f} < {options.min_confidence:.2f}): the first answer is "
+                f"no confident match (confidence {group['confidence']:.2f} < {options.min_confidence:.2f}): the first answer is "
                 "likely wrong or the product is not in the catalogue; compare the candidates below"
             )
-        rows = [(m.rank, m.product_id, m.score, m.cosine, m.colour_bonus, m.image or m.path) for m in group.matches]
+        rows = [
+            (m["rank"], m["product_id"], m["score"], m["cosine"], m["colour_bonus"], m["image"] or m["path"])
+            for m in group["matches"]
+        ]
         click.echo(table(("rank", "product", "score", "cosine", "colour", "reference image"), rows, align="rlrrrl"))
-    click.echo(f"({result.timings['total'] * 1000:.0f} ms)", err=True)
+    click.echo(f"({result['timings_ms']['total']:.0f} ms)", err=True)
 
 
 def _floats(value: str, name: str) -> list[float]:

@@ -486,3 +486,42 @@ def test_serve_over_tls(synced, store, tmp_path):
     finally:
         process.terminate()
         process.communicate(timeout=60)
+
+
+def test_search_image_hands_the_photos_to_the_serve_holding_the_store(synced, store, dam, cli, monkeypatch):
+    """The embedded store is one process at a time; with search serve holding it, search image asks the server."""
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**__import__("os").environ, "CATALOGUE_API_KEY": "k3y"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        photo = dam / RED
+        refused = cli("search", "image", photo, "--qdrant-path", store, "--json")
+        assert refused.exit_code == 4 and "CATALOGUE_API_KEY" in refused.stderr  # the server wants its key
+        monkeypatch.setenv("CATALOGUE_API_KEY", "k3y")
+        (dam / "notes.jpg").write_text("not an image")
+        result = cli("search", "image", photo, dam / "notes.jpg", "--qdrant-path", store, "--json", "--top-k", "3", "-v")
+        assert result.exit_code == 3, result.output
+        [entry] = json.loads(result.stdout)
+        assert entry["query"] == str(photo) and entry["matches"][0]["product_id"] == "RED-BAG" and len(entry["matches"]) == 3
+        assert f"{dam / 'notes.jpg'}: not an image" in result.stderr
+        assert f"answered by search serve at http://127.0.0.1:{port}" in result.stderr
+        table = cli("search", "image", photo, "--qdrant-path", store)
+        assert table.exit_code == 0 and table.stdout.splitlines()[2].split()[1] == "RED-BAG"
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+    assert not Path(store, "serve.json").exists()  # withdrawn when the server stopped

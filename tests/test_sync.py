@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,6 +282,8 @@ def test_store_held_by_another_process_names_it_and_exits_4(synced, cli, dam, st
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
+        # A stale announcement of a server that is not the holder is not followed.
+        Path(store, "serve.json").write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": 1, "cert": None}))
         args = {"sync": (dam,), "image": (dam / "generated" / "RED-BAG.png",), "info": ()}[command[1]]
         result = cli(*command, *args, "--qdrant-path", store)
         assert result.exit_code == 4

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from indexer.errors import StoreUnavailable
+from indexer.errors import StoreInUse
 
 LOCK_FILE = "store.lock"
 
@@ -41,12 +41,16 @@ class StoreLock:
         try:
             portalocker.lock(self._handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
         except portalocker.exceptions.LockException:
-            holder = describe_holder(self.path)
+            pid, holder_command = read_holder(self.path)
+            holder = f"process {pid} ({holder_command})" if pid is not None else "another process"
             self._handle.close()
             self._handle = None
-            raise StoreUnavailable(
+            raise StoreInUse(
                 f"the embedded store {folder} is in use by {holder}; wait for it to finish or stop it, "
-                "or run a Qdrant server (--qdrant-url) for several processes at once"
+                "or run a Qdrant server (--qdrant-url) for several processes at once",
+                folder=folder,
+                pid=pid,
+                command=holder_command,
             ) from None
         if writable:
             self._handle.seek(0)
@@ -68,13 +72,13 @@ class StoreLock:
             self._handle = None
 
 
-def describe_holder(path: Path) -> str:
-    """'process 1234 (indexer sync ./dam)' from a lock file, or 'another process' when it says nothing."""
+def read_holder(path: Path) -> tuple[int | None, str | None]:
+    """(pid, command) of the process a lock file names, or (None, None) when it says nothing."""
     try:
         holder = json.loads(path.read_text())
-        return f"process {int(holder['pid'])} ({str(holder['command'])[:120]})"
+        return int(holder["pid"]), str(holder["command"])[:120]
     except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+        return None, None
 
 
 def _command_line() -> str:

@@ -40,6 +40,9 @@ def run(
             "(store Wi-Fi is not a private network); add --tls-cert and --tls-key",
             host,
         )
+    local = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else (f"[{host}]" if ":" in host else host))
+    config.url = f"{'https' if tls_cert else 'http'}://{local}:{port}"
+    config.cert = tls_cert
     service = Service(config)
     app = create_app(service, api_key=api_key, max_upload_mb=max_upload_mb, cors_origins=cors_origins)
     server = uvicorn.Server(

@@ -44,6 +44,8 @@ class ServeConfig:
     model_threads: int | None = 1  # threads of one forward; concurrent searches use the other cores
     watch: Path | None = None
     watch_interval: float = 2.0
+    url: str | None = None  # where this server answers, announced in an embedded store (search/serve/handoff.py)
+    cert: str | None = None
 
 
 class Busy(Exception):
@@ -83,6 +85,10 @@ class Service:
             log.exception("loading failed")
             self.failure = CatalogueError(f"internal error while loading ({type(exc).__name__}); the log above has the details")
             return
+        if self.config.url and not self.config.qdrant_url:
+            from search.serve import handoff
+
+            handoff.announce(self.store.root, self.config.url, self.config.cert)
         self.ready.set()
         log.info("ready: collection %r in the %s, %d images", self.config.collection, self.store.describe(), self.searcher.images)
         threading.Thread(target=self._count_products, name="count-products", daemon=True).start()
@@ -143,6 +149,10 @@ class Service:
             for encoder in self.searcher.encoders:
                 encoder.close()
         if self.store is not None:
+            if not self.config.qdrant_url:
+                from search.serve import handoff
+
+                handoff.withdraw(self.store.root)
             self.store.close()
 
     # -- searches ----------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""A `search image` that finds its embedded store held by `search serve` asks that server instead.
+
+The embedded store is one process at a time, so while `search serve` runs on
+it, a command-line search could only fail with "store in use". Instead the
+server announces itself in the store folder (`serve.json`: its URL, its
+process id, its certificate when it serves HTTPS), and a search that finds
+the store held by that very process sends it the photos over HTTP: the same
+pipeline, the models already warm, the same JSON. The announcement is only
+trusted when its process id is the one holding the store's lock, so a stale
+file from a killed server is never followed.
+
+Only the standard library is used here: a handed-off search imports neither
+the models nor the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from indexer.errors import BadInputError, OptionError, StoreInUse, StoreUnavailable
+
+ANNOUNCEMENT = "serve.json"
+MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+
+
+def announce(folder: Path, url: str, cert: str | None = None) -> None:
+    """Say in the store folder that this process serves it at `url` (written whole, or not at all)."""
+    path = Path(folder) / ANNOUNCEMENT
+    partial = path.with_name(f".{ANNOUNCEMENT}.{os.getpid()}")
+    try:
+        partial.write_text(json.dumps({"url": url, "pid": os.getpid(), "cert": cert}))
+        os.replace(partial, path)
+    except OSError:
+        partial.unlink(missing_ok=True)  # a read-only store: searches then say "in use", as before
+
+
+def withdraw(folder: Path) -> None:
+    path = Path(folder) / ANNOUNCEMENT
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def server_for(exc: StoreInUse) -> dict | None:
+    """The announcement of the `search serve` holding the store, if that is what holds it."""
+    try:
+        found = json.loads((Path(exc.folder) / ANNOUNCEMENT).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict) or exc.pid is None or found.get("pid") != exc.pid or not found.get("url"):
+        return None
+    return found
+
+
+def query_of(options, locate: str | None) -> dict:
+    """Search options as /v1/search's query parameters."""
+    query = {
+        "top_k": options.top_k,
+        "candidates": options.candidates,
+        "alpha": options.alpha,
+        "threshold": options.threshold,
+        "colour": "true" if options.colour else "false",
+        "min_confidence": options.min_confidence,
+        "filter": [f"{key}={value}" for key, value in options.filters],
+    }
+    if locate:
+        query["locate"] = locate
+    return query
+
+
+def search(server: dict, photo: Path, query: dict, *, api_key: str | None = None, timeout: float = 120) -> dict:
+    """The server's answer for one photo: one entry of `search image --json`, or the error as ours."""
+    from indexer.images import read_file
+
+    data = read_file(photo, label=str(photo))
+    url = f"{server['url']}/v1/search?{urllib.parse.urlencode(query, doseq=True)}"
+    headers = {"Content-Type": MEDIA_TYPES.get(photo.suffix.lower(), "application/octet-stream")}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    context = ssl.create_default_context(cafile=server["cert"]) if server.get("cert") else None
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            result = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        message = _error_line(error).removeprefix("upload: ")
+        if error.code in (413, 415) or (error.code == 422 and not message.startswith(tuple(query))):
+            raise BadInputError(f"{photo}: {message}") from None
+        if error.code == 422:
+            raise OptionError(message) from None
+        if error.code == 401:
+            raise StoreUnavailable(f"search serve at {server['url']} wants its API key: set CATALOGUE_API_KEY") from None
+        raise StoreUnavailable(f"search serve at {server['url']} answered {error.code}: {message}") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise StoreUnavailable(f"search serve at {server['url']} holds the store but did not answer: {error}") from None
+    result["query"] = str(photo)
+    return result
+
+
+def _error_line(error: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(error.read())["error"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return error.reason or "error"
