@@ -353,6 +353,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_http(port: int, timeout: float = 120) -> None:
+    """Until `search serve` on `port` answers /readyz with 200."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"search serve on port {port} did not become ready")
+
+
 def test_serve_command_starts_answers_and_stops(synced, store, dam):
     import httpx
 
@@ -364,14 +379,7 @@ def test_serve_command_starts_answers_and_stops(synced, store, dam):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_for_http(port)
         found = httpx.post(f"http://127.0.0.1:{port}/v1/search", files={"image": ("r.png", (dam / RED).read_bytes())}, timeout=60)
         assert found.json()["matches"][0]["product_id"] == "RED-BAG"
         assert httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()["paths"]["/v1/search"]
@@ -490,7 +498,6 @@ def test_serve_over_tls(synced, store, tmp_path):
 
 def test_search_image_hands_the_photos_to_the_serve_holding_the_store(synced, store, dam, cli, monkeypatch):
     """The embedded store is one process at a time; with search serve holding it, search image asks the server."""
-    import httpx
 
     port = free_port()
     process = subprocess.Popen(
@@ -500,14 +507,7 @@ def test_search_image_hands_the_photos_to_the_serve_holding_the_store(synced, st
         env={**__import__("os").environ, "CATALOGUE_API_KEY": "k3y"},
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_for_http(port)
         photo = dam / RED
         refused = cli("search", "image", photo, "--qdrant-path", store, "--json")
         assert refused.exit_code == 4 and "CATALOGUE_API_KEY" in refused.stderr  # the server wants its key
