@@ -253,7 +253,7 @@ def info(qdrant_path, qdrant_url, collection, as_json) -> None:
     if not catalogue.exists():
         raise BadInputError(f"no collection '{collection}' in this store; create it with: indexer sync DAM_FOLDER")
     images = list(catalogue.indexed_images())
-    meta = catalogue.metadata()
+    meta = catalogue.record()
     data = {
         "collection": collection,
         "images": len(images),

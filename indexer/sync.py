@@ -197,7 +197,7 @@ def sync(
             catalogue.check_models(wanted, loaded=specs)
         else:
             catalogue.create(specs, root=str(root.resolve()), settings=settings)
-    if catalogue.metadata().get("root") != str(root.resolve()):
+    if catalogue.record().get("root") != str(root.resolve()):
         catalogue.update_metadata(root=str(root.resolve()))
 
     t = time.perf_counter()
@@ -226,7 +226,7 @@ def sync(
 def _refuse_another_folder(catalogue: Catalogue, root: Path, indexed: dict[str, IndexedImage], scanned: Scan) -> None:
     """A folder that shares no file with the collection is another catalogue (or a wrong mount):
     syncing it would delete every point. Ask for --reindex instead of doing that silently."""
-    recorded = catalogue.metadata().get("root")
+    recorded = catalogue.record().get("root")
     if recorded and recorded != str(root.resolve()) and not (indexed.keys() & scanned.paths):
         raise OptionError(
             f"collection {catalogue.name!r} mirrors {recorded} ({len(indexed):,} images) and {root} shares none of its "

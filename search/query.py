@@ -168,7 +168,7 @@ class Searcher:
         catalogue.check_models(wanted)
         self.catalogue = catalogue
         self.specs: list[ModelSpec] = recorded
-        metadata = catalogue.metadata()
+        metadata = catalogue.record()
         self.root = metadata.get("root")
         self.calibration = Calibration.from_metadata(metadata.get("calibration"))
         self.encoders = [

@@ -109,9 +109,6 @@ class Catalogue(ABC):
 
     # -- the schema, the same for every engine -----------------------------------
 
-    def metadata(self) -> dict:
-        return self.record()
-
     def models(self) -> list[ModelSpec]:
         return [ModelSpec.from_dict(m) for m in self.record().get("models", [])]
 

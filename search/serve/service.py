@@ -236,7 +236,7 @@ class Service:
 
     def info(self) -> dict:
         searcher = self.searcher
-        record = searcher.catalogue.metadata()
+        record = searcher.catalogue.record()
         return {
             "collection": self.config.collection,
             "store": self.store.describe(),
@@ -277,7 +277,7 @@ class Service:
                     continue
                 report = self._sync(self.searcher.catalogue, scanned, encoders=[e.encoder for e in self.searcher.encoders])
                 last = listing if not report.failed else None  # bad files are retried
-                self.searcher.root = self.searcher.catalogue.metadata().get("root")
+                self.searcher.root = self.searcher.catalogue.record().get("root")
                 self._count_products()
             except CatalogueError as exc:
                 self.watch_state = {"last_error": str(exc), "at": time.time()}
