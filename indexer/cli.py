@@ -203,9 +203,29 @@ def sync(
     finally:
         if bar is not None:
             bar.close()
+    if reindex and not dry_run:
+        report.views_restored = _restore_views(catalogue, model_loading(device, runtime, dtype), quiet)
     _print_report(dam, report, as_json)
     if report.failed:
         raise SystemExit(EXIT_PARTIAL)
+
+
+def _restore_views(catalogue, loading: dict, quiet: bool) -> int:
+    """A rebuilt collection gets its store views back from the feedback store's photos."""
+    from search.views import StoreViews
+
+    views = StoreViews(catalogue)
+    if not views.log.entries():
+        return 0
+    from search.query import Searcher
+
+    views.searcher = Searcher(catalogue, **loading)
+    entries = len(views.log)
+    bar = progress_bar(entries, "store views", enabled=not quiet)
+    try:
+        return views.restore(progress=bar.update)["restored"]
+    finally:
+        bar.close()
 
 
 def _print_report(dam: Path, report, as_json: bool) -> None:
@@ -230,6 +250,12 @@ def _print_summary(dam: Path, report) -> None:
         for k in ("added", "updated", "deleted", "unchanged", "failed", "skipped")
     ]
     click.echo(table(("", "images"), rows, align="lr"))
+    if report.views_removed:
+        click.echo(
+            f"Removed {report.views_removed} store view(s) of products no longer in the DAM (their photos stay in the feedback store)"
+        )
+    if report.views_restored:
+        click.echo(f"Restored {report.views_restored} store view(s) from the feedback store")
     if report.encoded:
         stages = ", ".join(
             f"{k} {v:.1f} s"
@@ -321,6 +347,168 @@ def migrate(qdrant_path, as_json) -> None:
         for m in done:
             click.echo(f"Converted collection '{m.collection}': {m.points} points ({', '.join(m.models)}), nothing re-encoded")
         click.echo(f"The old files are in {store.root / 'legacy-local-mode'}; delete them when satisfied.")
+
+
+@main.group(cls=Commands)
+def feedback() -> None:
+    """Store photos staff confirmed: add, list, remove, restore.
+
+    A confirmed photo becomes a store view: one more reference of its product,
+    taken in store conditions, so the next photo like it is named right. The
+    photos and the log live in a feedback store beside the collection
+    ($CATALOGUE_FEEDBACK_PATH, default: feedback/ inside the embedded store).
+
+    \b
+    Examples:
+      indexer feedback add shelf.jpg --product 1AB2CD
+      indexer feedback add shelf.jpg --not-in-catalogue
+      indexer feedback list --product 1AB2CD
+      indexer feedback remove 42
+    """
+
+
+@feedback.command(name="add")
+@click.argument("photo", type=click.Path(path_type=Path))
+@click.option("--product", "product_id", metavar="ID", help="The product the photo shows (a product id of the collection).")
+@click.option("--not-in-catalogue", is_flag=True, help="The photo shows a product that is not in the catalogue.")
+@click.option(
+    "--box", metavar="X0,Y0,X1,Y1", help="Where the product is in the photo, in pixels; default: located as a search does."
+)
+@click.option("--by", metavar="NAME", help="Who confirmed it (a staff or device id), kept in the log.")
+@store_options
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
+@reports_errors
+def feedback_add(
+    photo, product_id, not_in_catalogue, box, by, qdrant_path, qdrant_url, collection, device, runtime, dtype, as_json
+):
+    """Record what PHOTO shows; a confirmed product gains it as a store view.
+
+    A second answer for the same photo (same bytes) replaces the first. Each
+    product keeps its newest $CATALOGUE_MAX_STORE_VIEWS views (default 10).
+
+    \b
+    Exit codes: 0 recorded, 2 bad options, 3 bad photo or unknown product, 4 store unavailable.
+    """
+    from indexer.errors import OptionError
+    from indexer.feedback import parse_box
+    from indexer.images import read_file
+    from search.query import Searcher
+    from search.views import StoreViews
+
+    if bool(product_id) == not_in_catalogue:
+        raise OptionError("say what the photo shows: --product ID, or --not-in-catalogue")
+    located = parse_box(box)
+    data = read_file(photo, label=str(photo))
+    catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
+    views = StoreViews(catalogue, searcher=Searcher(catalogue, **model_loading(device, runtime, dtype)))
+    recorded = views.record(data, name=str(photo), product_id=product_id, box=located, origin="cli", by=by)
+    if as_json:
+        emit_json(recorded.to_dict())
+        return
+    entry = recorded.entry
+    what = f"as {entry.product_id} ({entry.verdict}; the search answered {', '.join(entry.answered[:3]) or 'nothing'})"
+    click.echo(f"Recorded #{entry.id}: {photo} {what if entry.product_id else 'as not in the catalogue'}")
+    if recorded.replaced:
+        click.echo(f"It replaces #{recorded.replaced.id}, which said {recorded.replaced.product_id or 'not in the catalogue'}")
+    if recorded.view:
+        click.echo(f"Store view {recorded.view} added to product {entry.product_id}")
+    if recorded.evicted:
+        click.echo(f"{len(recorded.evicted)} older view(s) of {entry.product_id} dropped (at most {views.limit} per product)")
+
+
+@feedback.command(name="list")
+@click.option("--product", "product_id", metavar="ID", help="Only this product's entries.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="Newest entries shown.")
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="Print every entry as JSON.")
+@reports_errors
+def feedback_list(product_id, limit, qdrant_path, qdrant_url, collection, as_json):
+    """Show the recorded feedback, newest first, and which entries are store views now."""
+    from search.views import StoreViews
+
+    views = StoreViews(open_catalogue(qdrant_path, qdrant_url, collection))
+    entries = views.log.entries(product_id)
+    active = views.has_view(entries) if views.catalogue.exists() else {}
+    if as_json:
+        emit_json(
+            {"folder": str(views.log.folder), "entries": [{**e.to_dict(), "view": active.get(e.id, False)} for e in entries]}
+        )
+        return
+    if not entries:
+        click.echo(f"No feedback in {views.log.folder}" + (f" for product {product_id}" if product_id else ""))
+        return
+    rows = [
+        (
+            e.id,
+            e.created,
+            e.product_id or "-",
+            e.verdict,
+            e.answered[0] if e.answered else "-",
+            "yes" if active.get(e.id) else "no",
+            e.by or "",
+        )
+        for e in entries[:limit]
+    ]
+    click.echo(table(("id", "when (UTC)", "product", "verdict", "search said", "view", "by"), rows, align="rllllll"))
+    more = f", {limit} newest shown" if len(entries) > limit else ""
+    click.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {views.log.folder}{more}")
+
+
+@feedback.command(name="remove")
+@click.argument("entry_ids", nargs=-1, required=True, type=int, metavar="ID...")
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="Print the removed entries as JSON.")
+@reports_errors
+def feedback_remove(entry_ids, qdrant_path, qdrant_url, collection, as_json):
+    """Remove entries (undo, or prune a wrong one): the photo, the log entry and its store view go.
+
+    \b
+    Exit codes: 0 removed, 3 an id is not in the log (the others are still removed).
+    """
+    from indexer.errors import BadInputError
+    from search.views import StoreViews
+
+    views = StoreViews(open_catalogue(qdrant_path, qdrant_url, collection))
+    removed, missing = [], []
+    for entry_id in entry_ids:
+        entry = views.remove(entry_id)
+        (removed.append(entry) if entry else missing.append(entry_id))
+    if as_json:
+        emit_json({"removed": [e.to_dict() for e in removed], "missing": missing})
+    else:
+        for entry in removed:
+            click.echo(f"Removed #{entry.id} ({entry.product_id or 'not in the catalogue'}, {entry.created})")
+    if missing:
+        click.echo(f"Error: no feedback entry {', '.join(f'#{i}' for i in missing)} in {views.log.folder}", err=True)
+        raise SystemExit(BadInputError.exit_code)
+
+
+@feedback.command(name="restore")
+@store_options
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def feedback_restore(qdrant_path, qdrant_url, collection, device, runtime, dtype, as_json, quiet):
+    """Re-embed every kept photo as a store view (indexer sync --reindex does this itself)."""
+    from search.query import Searcher
+    from search.views import StoreViews
+
+    catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
+    views = StoreViews(catalogue, searcher=Searcher(catalogue, **model_loading(device, runtime, dtype)))
+    bar = progress_bar(len(views.log), "store views", enabled=not quiet)
+    try:
+        done = views.restore(progress=bar.update)
+    finally:
+        bar.close()
+    if as_json:
+        emit_json(done)
+    else:
+        click.echo(
+            f"Restored {done['restored']} store view(s); left out: {done['product_gone']} of products no longer in the catalogue, "
+            f"{done['over_cap']} over the cap of {views.limit} per product, {done['unreadable']} unreadable photo(s)"
+        )
 
 
 if __name__ == "__main__":

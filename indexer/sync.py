@@ -30,7 +30,7 @@ from indexer.errors import BadInputError, OptionError
 from indexer.images import load_rgb, read_file
 from indexer.scan import Scan, SourceImage, display_path
 from indexer.store import Catalogue, IndexedImage, Point, StorageSettings, image_payload, point_id
-from indexer.store.schema import COLOUR, shard_of
+from indexer.store.schema import CATALOGUE_SOURCE, COLOUR, shard_of
 
 #: JPEGs decode at reduced scale down to this short side: models need 224-260 px, colours 96.
 DECODE_SHORT_SIDE = 512
@@ -48,6 +48,8 @@ class SyncReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # kept their last good point, if they had one
     skipped: list[tuple[str, str]] = field(default_factory=list)  # left out on purpose (format, links out of the DAM)
     metadata_only: int = 0  # of `updated`: payload rewritten, image not re-encoded
+    views_removed: int = 0  # store views whose product left the DAM
+    views_restored: int = 0  # store views re-embedded from the feedback store after a rebuild (by the CLI)
     encoded: int = 0
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
@@ -65,6 +67,8 @@ class SyncReport:
             "failed": [{"path": display_path(p), "error": e} for p, e in self.failed],
             "skipped": [{"path": display_path(p), "reason": r} for p, r in self.skipped],
             "metadata_only": self.metadata_only,
+            "store_views_removed": self.views_removed,
+            "store_views_restored": self.views_restored,
             "encoded": self.encoded,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.encoded / self.stages["encode_wall"], 2) if self.encoded else None,
@@ -213,6 +217,9 @@ def sync(
         on_plan(len(plan.to_encode))
     _encode_all(plan, encoders, catalogue, report, workers=workers, colours=colours, progress=progress)
     report.updated += report.metadata_only
+    if report.deleted or report.updated or report.added:
+        # Store views are not DAM files, so the plan never deletes them; a product gone from the DAM takes its views along.
+        report.views_removed = catalogue.remove_orphan_views()
     t = time.perf_counter()
     if on_index and (report.encoded or report.deleted):
         on_index(report.encoded)
@@ -288,7 +295,13 @@ def _reason(exc: BadInputError, source: SourceImage) -> str:
 
 
 def _metadata_differs(source: SourceImage, stored: IndexedImage) -> bool:
-    return (source.product_id, source.category, source.meta) != (stored.product_id, stored.category, stored.meta)
+    """Manifest fields changed, or the point predates the `source` field (given to it now, no re-encoding)."""
+    return (source.product_id, source.category, source.meta, CATALOGUE_SOURCE) != (
+        stored.product_id,
+        stored.category,
+        stored.meta,
+        stored.source,
+    )
 
 
 def _metadata_payload(source: SourceImage, sha256: str) -> dict:

@@ -58,7 +58,13 @@ def ranking_options(command):
             "filters",
             multiple=True,
             metavar="KEY=VALUE",
-            help="Payload filter, e.g. category='W Bags' or meta.season=SS24. Repeatable (all must hold).",
+            help="Payload filter, e.g. category='W Bags' or meta.season=SS24; KEY!=VALUE excludes. Repeatable (all must hold).",
+        ),
+        click.option(
+            "--no-store-views",
+            "no_store_views",
+            is_flag=True,
+            help="Match catalogue images only, leaving out the store photos staff confirmed (to compare).",
         ),
         click.option(
             "--model",
@@ -128,7 +134,7 @@ def _searcher(catalogue, model, loading: dict, locate, detector, prompts, max_pr
     return Searcher(catalogue, model=model, localiser=locate, detector_options=options, **loading)
 
 
-def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence):
+def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence, no_store_views=False):
     from search.options import make_options
 
     return make_options(
@@ -139,6 +145,7 @@ def _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confid
         colour=not no_colour,
         filters=filters,
         min_confidence=min_confidence,
+        store_views=not no_store_views,
     )
 
 
@@ -159,6 +166,7 @@ def image(
     threshold,
     no_colour,
     filters,
+    no_store_views,
     model,
     device,
     runtime,
@@ -191,7 +199,7 @@ def image(
     from indexer.errors import BadInputError, StoreInUse
 
     started, t0 = process_age(), time.perf_counter()
-    options = _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence)
+    options = _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence, no_store_views)
     missing = [p for p in photos if not p.is_file()]
     if len(missing) == len(photos):
         raise BadInputError(f"{missing[0]}: no such file")
@@ -267,6 +275,8 @@ def _print_results(results: list[dict], options, as_json: bool, multiple: bool) 
 
 def _print_result(result: dict, options, multiple: bool) -> None:
     """One photo's answer, from its JSON form (the same whether searched here or by a running server)."""
+    from indexer.store.schema import STORE_SOURCE
+
     if multiple:
         click.echo(f"\n{result['query']}")
     groups = result["groups"]
@@ -286,7 +296,14 @@ def _print_result(result: dict, options, multiple: bool) -> None:
                 "likely wrong or the product is not in the catalogue; compare the candidates below"
             )
         rows = [
-            (m["rank"], m["product_id"], m["score"], m["cosine"], m["colour_bonus"], m["image"] or m["path"])
+            (
+                m["rank"],
+                m["product_id"],
+                m["score"],
+                m["cosine"],
+                m["colour_bonus"],
+                ("store view " if m.get("source") == STORE_SOURCE else "") + (m["image"] or m["path"]),
+            )
             for m in group["matches"]
         ]
         click.echo(table(("rank", "product", "score", "cosine", "colour", "reference image"), rows, align="rlrrrl"))
@@ -330,6 +347,7 @@ def eval_command(
     threshold,
     no_colour,
     filters,
+    no_store_views,
     model,
     device,
     runtime,
@@ -366,7 +384,7 @@ def eval_command(
     from indexer.cli_common import progress_bar
     from search.evaluate import query_photos, read_ground_truth, run_evaluation
 
-    options = _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence)
+    options = _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence, no_store_views)
     cutoffs = tuple(sorted({int(k) for k in _floats(ks, "--k") if k >= 1}))
     if not cutoffs:
         raise click.BadParameter("give at least one k >= 1", param_hint="--k")
@@ -629,7 +647,10 @@ def serve(
 
     Loads the models and opens the store once; answers /healthz at once and
     /readyz when ready. Protect it with CATALOGUE_API_KEY (clients send
-    'Authorization: Bearer KEY'); the page asks for the key once.
+    'Authorization: Bearer KEY'); the page asks for the key once. Staff
+    confirmations (POST /v1/feedback: each becomes a store view that later
+    searches match) take CATALOGUE_FEEDBACK_KEY when set, else the API key;
+    with neither, only a server on loopback accepts them.
 
     \b
     Examples:
@@ -673,6 +694,7 @@ def serve(
         host=host,
         port=port,
         api_key=os.environ.get("CATALOGUE_API_KEY") or None,
+        feedback_key=os.environ.get("CATALOGUE_FEEDBACK_KEY") or None,
         max_upload_mb=max_upload_mb,
         cors_origins=cors_origins,
         tls_cert=tls_cert,

@@ -331,7 +331,7 @@ def run_evaluation(
         candidates=options.candidates,
         top_k=options.top_k,
         ks=ks,
-        filters=options.filters,
+        filters=options.query_filters,
         progress=progress,
     )
     shown = settings[1].name if options.colour else settings[0].name

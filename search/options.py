@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from indexer.errors import OptionError
 from indexer.store import Filters
+from indexer.store.schema import NOT_STORE_VIEWS
 from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD
 
@@ -36,6 +37,12 @@ class SearchOptions:
     colour: bool = True
     filters: Filters = ()
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    store_views: bool = True  # False: catalogue images only (store photos confirmed by staff left out)
+
+    @property
+    def query_filters(self) -> Filters:
+        """The payload filters a query runs with: the user's, and store views left out when asked."""
+        return self.filters if self.store_views else (*self.filters, *NOT_STORE_VIEWS)
 
 
 def make_options(
@@ -47,6 +54,7 @@ def make_options(
     colour: bool = True,
     filters: Iterable[str] | Filters = (),
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    store_views: bool = True,
 ) -> SearchOptions:
     """Checked options; `filters` as KEY=VALUE strings or (key, value) pairs. Candidates are at least top_k."""
     top_k = _integer("top_k", top_k, 1, MAX_TOP_K)
@@ -59,21 +67,25 @@ def make_options(
         colour=bool(colour),
         filters=parse_filters(filters),
         min_confidence=_number("min_confidence", min_confidence, 0.0, 1.0),
+        store_views=bool(store_views),
     )
 
 
 def parse_filters(values: Iterable[str] | Filters) -> Filters:
-    """KEY=VALUE strings (or pairs) as the store's filters; a key is a payload path like meta.season."""
+    """KEY=VALUE (must hold) or KEY!=VALUE (must not) strings, or pairs, as the store's filters;
+    a key is a payload path like meta.season."""
     parsed = []
     for value in values:
         if isinstance(value, str):
             key, sep, wanted = value.partition("=")
             if not sep:
-                raise OptionError(f"filter {value[:80]!r}: expected KEY=VALUE, e.g. category=Bags")
+                raise OptionError(f"filter {value[:80]!r}: expected KEY=VALUE or KEY!=VALUE, e.g. category=Bags")
+            key = key.strip()
+            key = f"!{key[:-1].strip()}" if key.endswith("!") else key
         else:
             key, wanted = value
-        key = key.strip()
-        if not FILTER_KEY.fullmatch(key):
+            key = key.strip()
+        if not FILTER_KEY.fullmatch(key.removeprefix("!")):
             raise OptionError(f"filter key {key[:80]!r}: use a payload field such as category or meta.season")
         if len(wanted) > MAX_FILTER_VALUE:
             raise OptionError(f"filter {key}: the value is longer than {MAX_FILTER_VALUE} characters")

@@ -22,9 +22,10 @@ import numpy as np
 from indexer.colour import Palette, extract_palette, lab_distance, lab_to_hex
 from indexer.encoders import Encoder, l2_normalise, load_encoder, parse_models
 from indexer.errors import BadInputError, OptionError
+from indexer.feedback import FeedbackLog
 from indexer.images import load_rgb
 from indexer.store import Catalogue, Filters, Hit, ModelSpec
-from indexer.store.schema import CATEGORY, PATH, PRODUCT_ID
+from indexer.store.schema import CATALOGUE_SOURCE, CATEGORY, PATH, PRODUCT_ID, SOURCE
 from search.confidence import Calibration
 from search.locate import Localiser, Region
 from search.options import SearchOptions
@@ -58,6 +59,7 @@ class Candidate:
     cosine: float
     dominant_lab: np.ndarray | None
     category: str | None = None
+    source: str = CATALOGUE_SOURCE  # "store": a store photo staff confirmed as this product
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Match:
     category: str | None = None
     point_id: str | None = None  # the reference image's point (GET /v1/images/POINT_ID serves it)
     colour: np.ndarray | None = None  # the reference image's dominant colour, CIELAB
+    source: str = CATALOGUE_SOURCE  # which reference won: a catalogue image, or a store view ("store")
 
     def to_dict(self) -> dict:
         return {
@@ -86,6 +89,7 @@ class Match:
             "image": self.image,
             "category": self.category,
             "point_id": self.point_id,
+            "source": self.source,
             "colour": None
             if self.colour is None
             else {
@@ -170,6 +174,8 @@ class Searcher:
         self.specs: list[ModelSpec] = recorded
         metadata = catalogue.record()
         self.root = metadata.get("root")
+        # Where store views' photos are (their `path` is relative to it); nothing is opened here.
+        self.views_root = str(FeedbackLog.of(catalogue.store, catalogue.name).folder)
         self.calibration = Calibration.from_metadata(metadata.get("calibration"))
         self.encoders = [
             encoder_loader(spec.model, device=device, runtime=runtime, dtype=dtype, cache_dir=cache_dir) for spec in recorded
@@ -298,9 +304,11 @@ class Searcher:
         timings["query"] = timings["rank"] = 0.0
         for features in all_features:
             t0 = time.perf_counter()
-            found = self.candidates(features, options.candidates, options.filters)
+            found = self.candidates(features, options.candidates, options.query_filters)
             t1 = time.perf_counter()
-            ranked = rank(found, features.palette, replace(options, top_k=max(options.top_k, 2)), root=self.root)
+            ranked = rank(
+                found, features.palette, replace(options, top_k=max(options.top_k, 2)), root=self.root, views_root=self.views_root
+            )
             groups.append(self.group(features.region, ranked, options))
             timings["query"] += t1 - t0
             timings["rank"] += time.perf_counter() - t1
@@ -324,10 +332,10 @@ class Searcher:
         t = time.perf_counter()
         vector = text_encoder.embed_texts([text])[0]
         embedded = time.perf_counter() - t
-        hits = self.catalogue.nearest(vector, self.specs[index].vector, options.candidates, options.filters)
+        hits = self.catalogue.nearest(vector, self.specs[index].vector, options.candidates, options.query_filters)
         found = [_candidate(hit, hit.score) for hit in hits]
         found.sort(key=lambda c: (-c.cosine, c.product_id, c.path))
-        ranked = rank(found, None, replace(options, colour=False), root=self.root)
+        ranked = rank(found, None, replace(options, colour=False), root=self.root, views_root=self.views_root)
         timings = {"embed": embedded, "query": time.perf_counter() - t - embedded, "total": time.perf_counter() - t}
         return SearchResult(query=text, groups=[Group(None, ranked, confidence=None, confident=False)], timings=timings)
 
@@ -367,11 +375,21 @@ def _candidate(hit: Hit, cosine: float) -> Candidate:
         cosine=float(cosine),
         dominant_lab=hit.dominant_lab,
         category=hit.payload.get(CATEGORY),
+        source=hit.payload.get(SOURCE) or CATALOGUE_SOURCE,
     )
 
 
-def rank(candidates: list[Candidate], palette: Palette | None, options: SearchOptions, *, root: str | None = None) -> list[Match]:
-    """Colour re-scoring (none without a query palette), then one row per product (its best image), best first."""
+def rank(
+    candidates: list[Candidate],
+    palette: Palette | None,
+    options: SearchOptions,
+    *,
+    root: str | None = None,
+    views_root: str | None = None,
+) -> list[Match]:
+    """Colour re-scoring (none without a query palette), then one row per product (its best image), best first.
+
+    `root` (the DAM folder) and `views_root` (the feedback store) make the reference images' absolute paths."""
     scored = []
     for c in candidates:
         distance = (
@@ -395,13 +413,20 @@ def rank(candidates: list[Candidate], palette: Palette | None, options: SearchOp
             colour_bonus=bonus,
             colour_distance=distance,
             path=c.path,
-            image=str(Path(root) / c.path) if root else None,
+            image=_image_path(c, root, views_root),
             category=c.category,
             point_id=c.point_id,
             colour=c.dominant_lab,
+            source=c.source,
         )
         for i, (score, bonus, distance, c) in enumerate(rows)
     ]
+
+
+def _image_path(candidate: Candidate, root: str | None, views_root: str | None) -> str | None:
+    if candidate.source == CATALOGUE_SOURCE:
+        return str(Path(root) / candidate.path) if root else None
+    return str(Path(views_root) / candidate.path) if views_root else None
 
 
 def _distinct_groups(groups: list[Group]) -> list[Group]:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import string
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,8 +205,67 @@ def all_points(path: str, collection: str = "catalogue", with_vectors: bool = Fa
         return points
 
 
-_ALL_FIELDS = ("product_id", "path", "category", "meta", "file", "colour")
+_ALL_FIELDS = ("product_id", "path", "category", "meta", "file", "colour", "source", "feedback")
 
 
 def unit_norms(points, vector: str) -> np.ndarray:
     return np.array([np.linalg.norm(p.vector[vector]) for p in points])
+
+
+# -- search serve in-process ---------------------------------------------------------------------
+
+
+def wait_ready(client, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/readyz")
+        if response.status_code == 200:
+            return
+        assert response.status_code == 503 and response.headers["Retry-After"]
+        if "failed" in response.json()["reason"]:
+            raise AssertionError(response.json()["reason"])
+        time.sleep(0.05)
+    raise AssertionError("the service did not become ready")
+
+
+@pytest.fixture
+def serve(store):
+    """serve(**config) -> a TestClient on a fresh app over `store` (the tests' synced collection), ready."""
+    from fastapi.testclient import TestClient
+
+    clients = []
+
+    def start(*, api_key=None, feedback_key=None, open_feedback=True, max_upload_mb=25, cors=(), ready=True, **config):
+        from search.serve.app import create_app
+        from search.serve.service import ServeConfig, Service
+
+        options = {"qdrant_path": store, "model_loading": {"device": "cpu"}, "locate": "none"} | config
+        service = Service(ServeConfig(**options))
+        app = create_app(
+            service,
+            api_key=api_key,
+            feedback_key=feedback_key,
+            open_feedback=open_feedback,
+            max_upload_mb=max_upload_mb,
+            cors_origins=cors,
+        )
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        if ready:
+            wait_ready(client)
+        client.service = service
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def error_of(response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "status", "request_id"} and body["status"] == status
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    assert "Traceback" not in body["error"] and "\n" not in body["error"]
+    return body["error"]

@@ -20,64 +20,16 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import studio_shot
+from conftest import error_of, studio_shot
 from PIL import Image
 
-from search.serve.app import create_app
-from search.serve.service import ServeConfig, Service
-
 RED = Path("generated") / "RED-BAG.png"
-
-
-def wait_ready(client, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get("/readyz")
-        if response.status_code == 200:
-            return
-        assert response.status_code == 503 and response.headers["Retry-After"]
-        if "failed" in response.json()["reason"]:
-            raise AssertionError(response.json()["reason"])
-        time.sleep(0.05)
-    raise AssertionError("the service did not become ready")
-
-
-@pytest.fixture
-def serve(store):
-    """serve(**config) -> a TestClient on a fresh app over `store` (the tests' synced collection), ready."""
-    from fastapi.testclient import TestClient
-
-    clients = []
-
-    def start(*, api_key=None, max_upload_mb=25, cors=(), ready=True, **config):
-        options = {"qdrant_path": store, "model_loading": {"device": "cpu"}, "locate": "none"} | config
-        service = Service(ServeConfig(**options))
-        client = TestClient(create_app(service, api_key=api_key, max_upload_mb=max_upload_mb, cors_origins=cors))
-        client.__enter__()
-        clients.append(client)
-        if ready:
-            wait_ready(client)
-        client.service = service
-        return client
-
-    yield start
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 def png(size=(64, 48), colour=(200, 20, 30)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def error_of(response, status: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "status", "request_id"} and body["status"] == status
-    assert body["request_id"] == response.headers["X-Request-ID"]
-    assert "Traceback" not in body["error"] and "\n" not in body["error"]
-    return body["error"]
 
 
 def test_search_returns_what_search_image_json_prints(synced, serve, cli, dam, store):

@@ -15,7 +15,14 @@ import numpy as np
 from indexer.errors import ModelMismatch
 from indexer.store.schema import (
     CANDIDATE_FIELDS,
+    CATEGORY,
+    FEEDBACK,
+    NOT_STORE_VIEWS,
+    PATH,
+    PRODUCT_ID,
     SCHEMA_VERSION,
+    SOURCE,
+    STORE_SOURCE,
     SYNC_FIELDS,
     Filters,
     Hit,
@@ -150,6 +157,21 @@ class Catalogue(ABC):
             )
 
     def indexed_images(self, filters: Filters = ()) -> Iterator[IndexedImage]:
-        """Every image point with the fields sync compares, without vectors."""
-        for pid, payload in self.scroll(SYNC_FIELDS, filters):
+        """Every catalogue image point (store views left out) with the fields sync compares, without vectors."""
+        for pid, payload in self.scroll(SYNC_FIELDS, (*filters, *NOT_STORE_VIEWS)):
             yield IndexedImage.from_payload(pid, payload)
+
+    def store_views(self, filters: Filters = ()) -> Iterator[tuple[str, dict]]:
+        """(point id, payload) of every store view: store photos staff confirmed, kept as references."""
+        yield from self.scroll((PRODUCT_ID, PATH, CATEGORY, FEEDBACK), (*filters, (SOURCE, STORE_SOURCE)))
+
+    def remove_orphan_views(self) -> int:
+        """Delete the store views of products that have no catalogue image left; how many went."""
+        views: dict[str, list[str]] = {}
+        for pid, payload in self.store_views():
+            views.setdefault(payload.get(PRODUCT_ID, ""), []).append(pid)
+        orphans = [
+            pid for product, pids in views.items() if not self.count(((PRODUCT_ID, product), *NOT_STORE_VIEWS)) for pid in pids
+        ]
+        self.delete(orphans)
+        return len(orphans)

@@ -40,6 +40,7 @@ from indexer.store.schema import (
     ModelSpec,
     Point,
     StorageSettings,
+    split_filters,
 )
 
 COLLECTIONS = "collections"
@@ -483,7 +484,12 @@ def _filter(filters: Filters):
 
     if not filters:
         return None
-    return qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchValue(value)) for key, value in filters])
+    must, must_not = split_filters(filters)
+
+    def conditions(pairs):
+        return [qe.FieldCondition(key=key, match=qe.MatchValue(value)) for key, value in pairs] or None
+
+    return qe.Filter(must=conditions(must), must_not=conditions(must_not))
 
 
 def _floats(vector) -> list[float]:

@@ -7,8 +7,17 @@ root; one named vector per encoder, cosine distance. Payload:
     path        keyword (indexed)   image path relative to the DAM root, '/'-separated
     category    keyword (indexed)   from the manifest, when given
     meta        object              any other manifest columns
+    source      keyword (indexed)   "catalogue" (a DAM image) or "store" (a confirmed store photo)
     file        {size, mtime_ns, sha256}            what sync compares
     colour      {dominant: {L, a, b}, palette: [{L, a, b, weight}], foreground}
+    feedback    {id, sha256, created}               store views only: the confirmation it came from
+
+A store view (`source: "store"`) is a store photo an associate confirmed as
+the product: its query vectors and cut-out colour, a reference like the
+catalogue shot. Its `path` is the photo's, relative to the feedback store
+(`photos/<sha256>.<ext>`), not a DAM file; its id derives from the photo's
+hash. Collections written before store views existed lack `source` on
+catalogue points until their next sync: read a missing `source` as "catalogue".
 
 The collection's record (server: collection metadata under `catalogue_indexer`;
 embedded: `collection.json` beside the shard) holds the schema version, each
@@ -31,6 +40,8 @@ METADATA_KEY = "catalogue_indexer"
 DEFAULT_COLLECTION = "catalogue"
 #: Point ids are uuid5(POINT_NAMESPACE, relative path): the same file always lands on the same point.
 POINT_NAMESPACE = uuid.UUID("6f1c2b52-7d0e-4f53-9a53-5b7c0f4e2a11")
+#: Store views are uuid5(VIEW_NAMESPACE, photo sha256): one view per photo, never a DAM file's id.
+VIEW_NAMESPACE = uuid.UUID("0b3e8f7a-2c61-4d1e-8a9f-3e5d7c1b9a24")
 
 PRODUCT_ID = "product_id"
 PATH = "path"
@@ -38,14 +49,21 @@ CATEGORY = "category"
 META = "meta"
 FILE = "file"
 COLOUR = "colour"
+SOURCE = "source"
+FEEDBACK = "feedback"
+#: `source` values: a DAM image, or a store photo confirmed by staff.
+CATALOGUE_SOURCE = "catalogue"
+STORE_SOURCE = "store"
 #: Dotted payload paths of the dominant colour, as formulas and filters name them.
 DOMINANT = f"{COLOUR}.dominant"
 DOMINANT_KEYS = (f"{DOMINANT}.L", f"{DOMINANT}.a", f"{DOMINANT}.b")
 #: Keyword indexes: filters on these stay fast on the server and on the embedded engine.
-INDEXED_FIELDS = (PRODUCT_ID, PATH, CATEGORY)
+INDEXED_FIELDS = (PRODUCT_ID, PATH, CATEGORY, SOURCE)
 #: What sync compares, and what a search needs of each candidate.
-SYNC_FIELDS = (PRODUCT_ID, PATH, FILE, CATEGORY, META)
-CANDIDATE_FIELDS = (PRODUCT_ID, PATH, CATEGORY, DOMINANT)
+SYNC_FIELDS = (PRODUCT_ID, PATH, FILE, CATEGORY, META, SOURCE)
+CANDIDATE_FIELDS = (PRODUCT_ID, PATH, CATEGORY, DOMINANT, SOURCE)
+#: Filters keep points whose `source` is not "store": catalogue images only (also in collections without `source`).
+NOT_STORE_VIEWS = ((f"!{SOURCE}", STORE_SOURCE),)
 
 #: Collection names become folder names of the embedded store: keep them to a safe alphabet.
 COLLECTION_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -54,6 +72,11 @@ MAX_COLLECTION_NAME = 64
 
 def point_id(relative_path: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, relative_path))
+
+
+def view_point_id(photo_sha256: str) -> str:
+    """The point of a store view: the same photo always lands on the same point."""
+    return str(uuid.uuid5(VIEW_NAMESPACE, photo_sha256))
 
 
 def shard_of(pid: str, count: int) -> int:
@@ -148,6 +171,7 @@ class IndexedImage:
     sha256: str
     category: str | None
     meta: dict
+    source: str | None = CATALOGUE_SOURCE  # None: written before `source` existed (the next sync adds it)
 
     @classmethod
     def from_payload(cls, pid: str, payload: dict) -> IndexedImage:
@@ -161,6 +185,7 @@ class IndexedImage:
             sha256=file.get("sha256", ""),
             category=payload.get(CATEGORY),
             meta=payload.get(META) or {},
+            source=payload.get(SOURCE),
         )
 
 
@@ -171,6 +196,7 @@ def image_payload(*, product_id: str, path: str, category: str | None, meta: dic
         PATH: path,
         CATEGORY: category,
         META: meta,
+        SOURCE: CATALOGUE_SOURCE,
         FILE: {"size": size, "mtime_ns": mtime_ns, "sha256": sha256},
     }
 
@@ -198,5 +224,13 @@ class Hit:
         return np.array([dominant["L"], dominant["a"], dominant["b"]], dtype=np.float64) if dominant else None
 
 
-#: A filter: every (payload key, value) pair must hold. Values are matched exactly.
+#: A filter: every (payload key, value) pair must hold, and no pair whose key is written "!key".
+#: Values are matched exactly.
 Filters = tuple[tuple[str, str], ...]
+
+
+def split_filters(filters: Filters) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(must, must_not) pairs, as both engines' filter objects take them."""
+    must = [(key, value) for key, value in filters if not key.startswith("!")]
+    must_not = [(key[1:], value) for key, value in filters if key.startswith("!")]
+    return must, must_not

@@ -28,6 +28,7 @@ from indexer.store.schema import (
     ModelSpec,
     Point,
     StorageSettings,
+    split_filters,
 )
 
 #: Collection metadata arrived in Qdrant 1.16 (formula queries in 1.14).
@@ -319,7 +320,12 @@ def _filter(filters: Filters):
 
     if not filters:
         return None
-    return qm.Filter(must=[qm.FieldCondition(key=key, match=qm.MatchValue(value=value)) for key, value in filters])
+    must, must_not = split_filters(filters)
+
+    def conditions(pairs):
+        return [qm.FieldCondition(key=key, match=qm.MatchValue(value=value)) for key, value in pairs] or None
+
+    return qm.Filter(must=conditions(must), must_not=conditions(must_not))
 
 
 def _floats(vector) -> list[float]:

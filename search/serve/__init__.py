@@ -23,6 +23,7 @@ def run(
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
+    feedback_key: str | None = None,
     max_upload_mb: float = 25,
     cors_origins: tuple[str, ...] = (),
     tls_cert: str | None = None,
@@ -44,7 +45,14 @@ def run(
     config.url = f"{'https' if tls_cert else 'http'}://{local}:{port}"
     config.cert = tls_cert
     service = Service(config)
-    app = create_app(service, api_key=api_key, max_upload_mb=max_upload_mb, cors_origins=cors_origins)
+    app = create_app(
+        service,
+        api_key=api_key,
+        feedback_key=feedback_key,
+        open_feedback=_loopback(host),
+        max_upload_mb=max_upload_mb,
+        cors_origins=cors_origins,
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -6,12 +6,19 @@
     GET  /v1/products/{id}        a product's payload and images
     GET  /v1/images/{point|path}  a catalogue image (indexed files under the DAM root only)
     GET  /v1/info                 models, counts, categories, calibration, store
+    POST /v1/feedback             a photo and what it shows (?product_id=ID or ?not_in_catalogue=true): kept,
+                                  and a confirmed product gains it as a store view (201)
+    GET  /v1/feedback             the recorded feedback, newest first
+    DELETE /v1/feedback/{id}      undo or prune an entry: its photo and its store view go too
     GET  /healthz, /readyz        alive; models loaded and store open
     GET  /                        the page for store staff (static files, no build step, no CDN)
 
 Errors are JSON `{"error": one line, "status": code, "request_id": id}` with
-the status that fits (413, 415, 422, 404, 401, 503 + Retry-After); nothing
-ever returns a stack trace. Each request logs one line: request id, method,
+the status that fits (413, 415, 422, 404, 401, 403, 503 + Retry-After);
+nothing ever returns a stack trace. Feedback changes what every later search
+answers, so /v1/feedback takes its own key (CATALOGUE_FEEDBACK_KEY) when one
+is set, else the API key; with neither, only a server on the loopback
+interface accepts it. Each request logs one line: request id, method,
 path, status, milliseconds and the search's stage timings; never a key.
 """
 
@@ -50,6 +57,10 @@ RAW_TYPES = ("image/", "application/octet-stream")
 OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json")
 WEB_LOCALISERS = ("centre", "none", "proposals")
 MAX_TEXT = 300
+FEEDBACK_PATH = "/v1/feedback"
+MAX_PRODUCT_ID = 256
+MAX_BY = 128
+MAX_ANSWERED = 10
 
 
 class TextQuery(BaseModel):
@@ -70,10 +81,15 @@ def create_app(
     service: Service,
     *,
     api_key: str | None = None,
+    feedback_key: str | None = None,
+    open_feedback: bool = False,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     cors_origins: tuple[str, ...] = (),
 ) -> FastAPI:
-    """The ASGI app; `service.load()` runs in the background from startup, `service.close()` at shutdown."""
+    """The ASGI app; `service.load()` runs in the background from startup, `service.close()` at shutdown.
+
+    `feedback_key` guards /v1/feedback (else `api_key` does); `open_feedback` lets it through without
+    any key (a server listening on loopback only)."""
     max_upload = int(max_upload_mb * 2**20)
 
     @asynccontextmanager
@@ -97,7 +113,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["X-Request-ID", "Server-Timing"],
         )
@@ -109,9 +125,20 @@ def create_app(
         request.state.request_id = request_id
         request.state.timings = None
         started = time.perf_counter()
-        if api_key and request.url.path.startswith("/v1/") and not _authorised(request, api_key):
+        path = request.url.path
+        feedback = path == FEEDBACK_PATH or path.startswith(FEEDBACK_PATH + "/")
+        required = (feedback_key or api_key) if feedback else api_key
+        if required and path.startswith("/v1/") and not _authorised(request, required):
+            which = "feedback key" if feedback and feedback_key else "API key"
             response = _error(
-                request, 401, "missing or wrong API key: send 'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"}
+                request, 401, f"missing or wrong {which}: send 'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"}
+            )
+        elif feedback and not required and not open_feedback:
+            response = _error(
+                request,
+                403,
+                "feedback is off on this server: it listens beyond loopback without a key; "
+                "start it with CATALOGUE_FEEDBACK_KEY (or CATALOGUE_API_KEY) set",
             )
         else:
             response = await call_next(request)
@@ -200,6 +227,7 @@ def create_app(
         filter: list[str] = Query([], description="KEY=VALUE payload filter, repeatable (all must hold)."),
         locate: str | None = Query(None, description="centre, none or proposals (owlv2 when the server was started with it)."),
         min_confidence: float = Query(DEFAULT_MIN_CONFIDENCE, description="Below this the answer is flagged not confident."),
+        store_views: bool = Query(True, description="false: match catalogue images only, not store photos staff confirmed."),
     ):
         options = make_options(
             top_k=top_k,
@@ -209,6 +237,7 @@ def create_app(
             colour=colour,
             filters=filter,
             min_confidence=min_confidence,
+            store_views=store_views,
         )
         if locate is not None and locate not in (*WEB_LOCALISERS, service.config.locate):
             raise OptionError(f"locate {locate!r}: choose one of {', '.join(sorted({*WEB_LOCALISERS, service.config.locate}))}")
@@ -246,6 +275,44 @@ def create_app(
     @app.get("/v1/info", tags=["catalogue"], summary="Models, counts, categories, calibration, store.")
     async def info():
         return await asyncio.wrap_future(service.submit(service.info))
+
+    # -- feedback: what staff say a photo shows ------------------------------------------------------
+
+    @app.post(FEEDBACK_PATH, tags=["feedback"], status_code=201, summary="Record what a photo shows; it becomes a store view.")
+    async def add_feedback(
+        request: Request,
+        product_id: str | None = Query(None, max_length=MAX_PRODUCT_ID, description="The product the photo shows."),
+        not_in_catalogue: bool = Query(False, description="true: the product is not in the catalogue."),
+        box: str | None = Query(None, description="x0,y0,x1,y1: where the product is, in pixels of the photo as decoded."),
+        answered: str | None = Query(None, description="Comma-separated product ids the search answered, best first."),
+        by: str | None = Query(None, max_length=MAX_BY, description="Who confirmed (a staff or device id)."),
+    ):
+        from indexer.feedback import parse_box
+
+        if bool(product_id) == not_in_catalogue:
+            raise ApiError(422, "say what the photo shows: product_id=ID, or not_in_catalogue=true")
+        located = parse_box(box)
+        shown = [p.strip() for p in answered.split(",") if p.strip()][:MAX_ANSWERED] if answered is not None else None
+        data, name = await _photo(request, max_upload)
+        if product_id and service.ready.is_set() and not service.has_product(product_id):
+            raise ApiError(404, f"no product {product_id[:80]!r} in collection {service.config.collection!r}")
+        return await asyncio.wrap_future(
+            service.submit(service.record_feedback, data, name, product_id or None, located, shown, by)
+        )
+
+    @app.get(FEEDBACK_PATH, tags=["feedback"], summary="The recorded feedback, newest first.")
+    async def list_feedback(
+        product_id: str | None = Query(None, max_length=MAX_PRODUCT_ID, description="Only this product's entries."),
+        limit: int = Query(50, ge=1, le=1000, description="Newest entries returned."),
+    ):
+        return await asyncio.wrap_future(service.submit(service.feedback_entries, product_id, limit))
+
+    @app.delete(FEEDBACK_PATH + "/{entry_id}", tags=["feedback"], summary="Undo or prune an entry and its store view.")
+    async def remove_feedback(entry_id: int):
+        removed = await asyncio.wrap_future(service.submit(service.remove_feedback, entry_id))
+        if removed is None:
+            raise ApiError(404, f"no feedback entry {entry_id}")
+        return removed
 
     # -- the page ----------------------------------------------------------------------------------
 

@@ -69,7 +69,8 @@ def query_of(options, locate: str | None) -> dict:
         "threshold": options.threshold,
         "colour": "true" if options.colour else "false",
         "min_confidence": options.min_confidence,
-        "filter": [f"{key}={value}" for key, value in options.filters],
+        "filter": [f"{key[1:]}!={value}" if key.startswith("!") else f"{key}={value}" for key, value in options.filters],
+        "store_views": "true" if options.store_views else "false",
     }
     if locate:
         query["locate"] = locate

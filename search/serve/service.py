@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import CatalogueError
-from indexer.store.schema import CATEGORY, COLOUR, META, PATH, PRODUCT_ID
+from indexer.store.schema import (
+    CATEGORY,
+    COLOUR,
+    FEEDBACK,
+    META,
+    NOT_STORE_VIEWS,
+    PATH,
+    PRODUCT_ID,
+    SOURCE,
+    STORE_SOURCE,
+)
 from search.options import SearchOptions
 
 log = logging.getLogger("catalogue.serve")
@@ -125,6 +135,9 @@ class Service:
             encoder_loader=batching_loader,
             **config.model_loading,
         )
+        from search.views import StoreViews
+
+        self.views = StoreViews(catalogue, searcher=self.searcher)
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -192,26 +205,32 @@ class Service:
     # -- the catalogue -----------------------------------------------------------------------
 
     def product(self, product_id: str) -> dict | None:
+        """A product's payload, its catalogue images and its store views (newest first)."""
         catalogue = self.searcher.catalogue
-        images = sorted(
-            catalogue.scroll((PATH, CATEGORY, META, COLOUR), ((PRODUCT_ID, product_id),)), key=lambda item: item[1].get(PATH, "")
-        )
+        points = catalogue.scroll((PATH, CATEGORY, META, COLOUR, SOURCE, FEEDBACK), ((PRODUCT_ID, product_id),))
+        images, views = [], []
+        for pid, payload in points:
+            (views if payload.get(SOURCE) == STORE_SOURCE else images).append((pid, payload))
         if not images:
             return None
+        images.sort(key=lambda item: item[1].get(PATH, ""))
+        views.sort(key=lambda item: -(item[1].get(FEEDBACK) or {}).get("id", 0))
         first = images[0][1]
+
+        def describe(pid: str, payload: dict) -> dict:
+            return {
+                "point_id": pid,
+                "path": payload.get(PATH),
+                "url": f"/v1/images/{pid}",
+                "colour": (payload.get(COLOUR) or {}).get("dominant"),
+            }
+
         return {
             "product_id": product_id,
             "category": first.get(CATEGORY),
             "meta": first.get(META) or {},
-            "images": [
-                {
-                    "point_id": pid,
-                    "path": payload.get(PATH),
-                    "url": f"/v1/images/{pid}",
-                    "colour": (payload.get(COLOUR) or {}).get("dominant"),
-                }
-                for pid, payload in images
-            ],
+            "images": [describe(pid, payload) for pid, payload in images],
+            "store_views": [{**describe(pid, payload), "feedback": payload.get(FEEDBACK)} for pid, payload in views],
         }
 
     def image_file(self, reference: str) -> Path | None:
@@ -225,14 +244,37 @@ class Service:
             pid = str(uuid.UUID(reference))
         except ValueError:
             pid = point_id(reference)
-        payload = self.searcher.catalogue.retrieve([pid], (PATH,)).get(pid)
-        if not payload or not self.searcher.root:
+        payload = self.searcher.catalogue.retrieve([pid], (PATH, SOURCE)).get(pid)
+        if payload and payload.get(SOURCE) == STORE_SOURCE:
+            root = self.views.log.folder.resolve()  # a store view: its photo in the feedback store
+        elif payload and self.searcher.root:
+            root = Path(self.searcher.root).resolve()
+        else:
             return None
-        root = Path(self.searcher.root).resolve()
         path = (root / payload[PATH]).resolve()
         if not path.is_relative_to(root) or not path.is_file():
             return None
         return path
+
+    # -- feedback: confirmed photos become store views -------------------------------------------
+
+    def record_feedback(self, data: bytes, name: str, product_id: str | None, box, answered, by: str | None) -> dict:
+        recorded = self.views.record(data, name=name, product_id=product_id, box=box, answered=answered, origin="api", by=by)
+        return recorded.to_dict()
+
+    def has_product(self, product_id: str) -> bool:
+        """Whether the product has a catalogue image (a quick count, fit for the event loop)."""
+        return bool(self.searcher.catalogue.count(((PRODUCT_ID, product_id), *NOT_STORE_VIEWS)))
+
+    def feedback_entries(self, product_id: str | None, limit: int) -> dict:
+        entries = self.views.log.entries(product_id)
+        shown = entries[:limit]
+        active = self.views.has_view(shown)
+        return {"total": len(entries), "entries": [{**e.to_dict(), "view": active.get(e.id, False)} for e in shown]}
+
+    def remove_feedback(self, entry_id: int) -> dict | None:
+        removed = self.views.remove(entry_id)
+        return None if removed is None else removed.to_dict()
 
     def info(self) -> dict:
         searcher = self.searcher
@@ -243,7 +285,9 @@ class Service:
             "models": record.get("models", []),
             "runtime": [type(e.encoder).__name__ for e in searcher.encoders],
             "root": searcher.root,
-            "images": searcher.catalogue.count(),
+            "images": searcher.catalogue.count(NOT_STORE_VIEWS),
+            "store_views": searcher.catalogue.count(((SOURCE, STORE_SOURCE),)),
+            "feedback": len(self.views.log),
             "products": self._products,
             "categories": sorted(searcher.catalogue.facet(CATEGORY)),
             "calibration": searcher.calibration.to_metadata(),

@@ -1,0 +1,232 @@
+"""Store views: a store photo that staff confirmed becomes a reference point of its product.
+
+The catalogue shows each product once, in studio light; the store shows it
+under store light, at store angles. When an associate confirms (or corrects)
+an answer, the photo's query vectors (every encoder, from the same views a
+search takes) and its cut-out colour are stored as one more point of the
+product, with `source: "store"`. Search ranks products by their best
+reference, so the next photo of that product in that store can win through
+the view.
+
+Guards against mistakes and poisoning: callers must be authenticated (the
+server's feedback key), each product keeps at most `max_views` views (the
+newest), a second answer for the same photo replaces the first, and every
+entry can be listed and removed. The feedback log (indexer/feedback.py) is
+the truth: views can be rebuilt from it whenever the collection is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from indexer.errors import BadInputError, OptionError
+from indexer.feedback import PHOTOS, Feedback, FeedbackLog
+from indexer.images import load_rgb
+from indexer.store import Catalogue, Point
+from indexer.store.schema import (
+    CATEGORY,
+    COLOUR,
+    FEEDBACK,
+    NOT_STORE_VIEWS,
+    PATH,
+    PRODUCT_ID,
+    SOURCE,
+    STORE_SOURCE,
+    view_point_id,
+)
+from search.options import SearchOptions
+from search.query import QUERY_DECODE_SIDE, QueryFeatures, Searcher, rank
+
+MAX_VIEWS_ENV = "CATALOGUE_MAX_STORE_VIEWS"
+DEFAULT_MAX_VIEWS = 10
+#: The answer recorded with a confirmation: this many products, best first.
+ANSWER_LENGTH = 5
+#: Pixels by which a box sent back may differ from the located one (rounding by clients).
+BOX_TOLERANCE = 2
+
+
+def max_views() -> int:
+    """Store views kept per product ($CATALOGUE_MAX_STORE_VIEWS, default 10); 0 keeps none (feedback is only logged)."""
+    value = os.environ.get(MAX_VIEWS_ENV, "")
+    if not value:
+        return DEFAULT_MAX_VIEWS
+    if not value.isdigit():
+        raise OptionError(f"{MAX_VIEWS_ENV}={value!r}: expected a whole number of views per product, e.g. 10")
+    return int(value)
+
+
+def not_this_photo(sha256: str) -> tuple[tuple[str, str], ...]:
+    """Filters that leave out the view made from this photo (a photo's own view would trivially win)."""
+    return ((f"!{FEEDBACK}.sha256", sha256),)
+
+
+def view_path(entry: Feedback) -> str:
+    """The `path` payload of an entry's view: its photo, relative to the feedback store's folder."""
+    return f"{PHOTOS}/{entry.photo}"
+
+
+@dataclass
+class Recorded:
+    """What one confirmation did."""
+
+    entry: Feedback
+    view: str | None  # the store view's point id; None for "not in the catalogue" or with views off
+    replaced: Feedback | None  # an earlier answer for the same photo, now overridden
+    evicted: list[str]  # point ids of older views dropped by the per-product cap
+
+    def to_dict(self) -> dict:
+        return {
+            **self.entry.to_dict(),
+            "view": self.view,
+            "replaced": None if self.replaced is None else self.replaced.to_dict(),
+            "evicted_views": self.evicted,
+        }
+
+
+class StoreViews:
+    """Confirmations of one collection: its feedback log and the store views derived from it."""
+
+    def __init__(self, catalogue: Catalogue, *, searcher: Searcher | None = None, limit: int | None = None):
+        """`searcher` (with the collection's models loaded) is needed to record and restore, not to list or remove."""
+        self.catalogue = catalogue
+        self.searcher = searcher
+        self.log = FeedbackLog.of(catalogue.store, catalogue.name)
+        self.limit = max_views() if limit is None else limit
+
+    def record(
+        self,
+        data: bytes,
+        *,
+        name: str,
+        product_id: str | None,
+        box: tuple[int, int, int, int] | None = None,
+        answered: list[str] | None = None,
+        origin: str = "cli",
+        by: str | None = None,
+    ) -> Recorded:
+        """Keep a photo with what staff said it shows (`product_id`, or None: not in the catalogue);
+        a confirmed product gains the photo as a store view.
+
+        `box` is where the product is (the box the page showed); without it the
+        photo is located as a search would. `answered` is what the search had
+        said; without it the search is run now and its answer recorded.
+        """
+        if product_id is not None and not self.catalogue.count(((PRODUCT_ID, product_id), *NOT_STORE_VIEWS)):
+            raise BadInputError(f"product {product_id[:80]!r} has no catalogue image in collection {self.catalogue.name!r}")
+        image = load_rgb(data, name=name, draft=QUERY_DECODE_SIDE)
+        if box is not None and (box[2] > image.width or box[3] > image.height):
+            raise BadInputError(f"box {list(box)} lies outside the {image.width}x{image.height} photo")
+        features = self._features(image, box)
+        if answered is None:
+            answered = self._answer(features, hashlib.sha256(data).hexdigest())
+        located = box if box is not None else tuple(int(v) for v in features.region.box)
+        entry, replaced = self.log.add(
+            data,
+            product_id=product_id,
+            answered=list(answered)[:ANSWER_LENGTH],
+            box=located,
+            origin=origin,
+            by=by,
+        )
+        pid = view_point_id(entry.sha256)
+        if product_id is None or self.limit == 0:
+            self.catalogue.delete([pid])  # a view from an earlier, contradicted answer goes
+            return Recorded(entry, None, replaced, [])
+        self.catalogue.upsert([self._point(entry, features)])
+        return Recorded(entry, pid, replaced, self._cap(product_id))
+
+    def remove(self, entry_id: int) -> Feedback | None:
+        """Undo or prune: the entry, its photo and its view go; the removed entry, or None."""
+        entry = self.log.get(entry_id)
+        if entry is None:
+            return None
+        self.catalogue.delete([view_point_id(entry.sha256)])
+        return self.log.remove(entry_id)
+
+    def restore(self, progress: Callable[[int], object] | None = None) -> dict:
+        """Re-embed every kept confirmation as a view (after --reindex, or to repair): the newest
+        `limit` per product whose product is still in the catalogue; what was done, by reason."""
+        done = {"restored": 0, "product_gone": 0, "over_cap": 0, "unreadable": 0}
+        kept: dict[str, int] = {}
+        present: dict[str, bool] = {}
+        for entry in self.log.entries(newest_first=True):
+            if progress:
+                progress(1)
+            if entry.product_id is None:
+                continue
+            product = entry.product_id
+            if product not in present:
+                present[product] = bool(self.catalogue.count(((PRODUCT_ID, product), *NOT_STORE_VIEWS)))
+            if not present[product]:
+                done["product_gone"] += 1
+                continue
+            if kept.get(product, 0) >= self.limit:
+                done["over_cap"] += 1
+                continue
+            try:
+                image = load_rgb(self.log.photo_path(entry), draft=QUERY_DECODE_SIDE)
+            except BadInputError:
+                done["unreadable"] += 1
+                continue
+            self.catalogue.upsert([self._point(entry, self._features(image, entry.box))])
+            kept[product] = kept.get(product, 0) + 1
+            done["restored"] += 1
+        return done
+
+    def has_view(self, entries: list[Feedback]) -> dict[int, bool]:
+        """Which entries have a view in the collection now (the cap or a vanished product may have dropped it)."""
+        ids = {view_point_id(e.sha256): e.id for e in entries}
+        found = self.catalogue.retrieve(list(ids), (PRODUCT_ID,)) if ids else {}
+        return {entry_id: pid in found for pid, entry_id in ids.items()}
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _features(self, image, box) -> QueryFeatures:
+        """The photo's features exactly as its search computed them: the located product whose box is
+        `box` (the page sends the box it was shown), else the first; a box no search located is searched
+        on its own. Deterministic, so `restore` rebuilds the same view from the photo and its box."""
+        located = self.searcher.features(image)
+        if box is None:
+            return located[0]
+        for features in located:
+            if all(abs(a - b) <= BOX_TOLERANCE for a, b in zip(features.region.box, box)):
+                return features
+        return self.searcher.features(image.crop(box))[0]
+
+    def _answer(self, features: QueryFeatures, sha256: str) -> list[str]:
+        """What a search answers for the photo, its own earlier view (if any) left out."""
+        options = replace(SearchOptions(), top_k=ANSWER_LENGTH)
+        found = self.searcher.candidates(features, options.candidates, (*options.query_filters, *not_this_photo(sha256)))
+        return [m.product_id for m in rank(found, features.palette, options)]
+
+    def _point(self, entry: Feedback, features: QueryFeatures) -> Point:
+        category = next(
+            (p.get(CATEGORY) for _, p in self.catalogue.scroll((CATEGORY,), ((PRODUCT_ID, entry.product_id), *NOT_STORE_VIEWS))),
+            None,
+        )
+        return Point(
+            id=view_point_id(entry.sha256),
+            vectors={spec.vector: vector for spec, vector in zip(self.searcher.specs, features.vectors)},
+            payload={
+                PRODUCT_ID: entry.product_id,
+                PATH: view_path(entry),
+                CATEGORY: category,
+                SOURCE: STORE_SOURCE,
+                COLOUR: features.palette.to_payload(),
+                FEEDBACK: {"id": entry.id, "sha256": entry.sha256, "created": entry.created},
+            },
+        )
+
+    def _cap(self, product_id: str) -> list[str]:
+        """Keep the newest `limit` views of a product; the ids of those dropped."""
+        views = sorted(
+            self.catalogue.store_views(((PRODUCT_ID, product_id),)),
+            key=lambda v: (v[1].get(FEEDBACK) or {}).get("id", 0),
+            reverse=True,
+        )
+        evicted = [pid for pid, _ in views[self.limit :]]
+        self.catalogue.delete(evicted)
+        return evicted

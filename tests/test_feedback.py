@@ -1,0 +1,286 @@
+"""Store feedback: a confirmed store photo becomes a store view of its product (issue 12).
+
+Through the real CLI, the real embedded store and a real tiny CLIP: what a
+user notices is the answer for the next photo, what `indexer feedback list`
+says, and what a re-sync keeps or removes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import all_points, error_of
+from PIL import Image, ImageDraw
+
+CONFIRMED = "M3550HLEZJM900"  # a catalogue product of tests/data/dam
+
+
+def store_photo(path: Path, seed: int, colour=(120, 60, 40)) -> Path:
+    """A store-like photo: a product-coloured shape on a cluttered, noisy shelf."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(40, 220, (240, 320, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = int(rng.integers(0, 280)), int(rng.integers(0, 200))
+        draw.rectangle((x, y, x + 40, y + 30), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    draw.ellipse((100, 60, 220, 200), fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, quality=90)
+    return path
+
+
+def first(cli, store, photo, *extra) -> dict:
+    result = cli("search", "image", photo, "--qdrant-path", store, "--json", "--top-k", "3", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)[0]["matches"][0]
+
+
+def add(cli, store, photo, *args, env=None):
+    return cli("indexer", "feedback", "add", photo, "--qdrant-path", store, "--json", *args, env=env)
+
+
+def views(store) -> list:
+    return [p for p in all_points(store) if p.payload.get("source") == "store"]
+
+
+def test_confirmed_photo_wins_its_next_search_through_a_store_view(synced, cli, store, tmp_path):
+    photo = store_photo(tmp_path / "shelf.jpg", seed=1)
+    before = first(cli, store, photo)
+    added = add(cli, store, photo, "--product", CONFIRMED, "--by", "anna")
+    assert added.exit_code == 0, added.output
+    entry = json.loads(added.stdout)
+    assert entry["product_id"] == CONFIRMED and entry["by"] == "anna" and entry["view"]
+    assert entry["answered"][0] == before["product_id"]
+    assert entry["verdict"] == ("confirmed" if before["product_id"] == CONFIRMED else "corrected")
+
+    after = first(cli, store, photo)
+    assert after["product_id"] == CONFIRMED and after["source"] == "store"
+    assert Path(after["image"]).read_bytes() == photo.read_bytes()  # the reference shown is the kept photo
+    without = first(cli, store, photo, "--no-store-views")
+    assert (without["product_id"], without["source"]) == (before["product_id"], "catalogue")
+
+    [view] = views(store)
+    assert view.payload["product_id"] == CONFIRMED and view.payload["feedback"]["id"] == entry["id"]
+    assert view.payload["colour"]["dominant"] and view.payload["category"] is None
+    # The catalogue points say where they come from too (the schema contract).
+    assert {p.payload.get("source") for p in all_points(store)} == {"catalogue", "store"}
+
+
+def test_list_then_remove_undoes_a_confirmation(synced, cli, store, tmp_path):
+    photo = store_photo(tmp_path / "shelf.jpg", seed=2)
+    entry = json.loads(add(cli, store, photo, "--product", CONFIRMED).stdout)
+    listed = json.loads(cli("indexer", "feedback", "list", "--qdrant-path", store, "--json").stdout)
+    assert [(e["id"], e["product_id"], e["view"]) for e in listed["entries"]] == [(entry["id"], CONFIRMED, True)]
+    human = cli("indexer", "feedback", "list", "--qdrant-path", store)
+    assert CONFIRMED in human.stdout and "1 entry" in human.stdout
+
+    removed = cli("indexer", "feedback", "remove", entry["id"], "--qdrant-path", store)
+    assert removed.exit_code == 0 and f"Removed #{entry['id']}" in removed.stdout
+    assert views(store) == []
+    assert json.loads(cli("indexer", "feedback", "list", "--qdrant-path", store, "--json").stdout)["entries"] == []
+    assert not list((Path(listed["folder"]) / "photos").iterdir())  # the photo is gone too
+    missing = cli("indexer", "feedback", "remove", entry["id"], "--qdrant-path", store)
+    assert missing.exit_code == 3 and "no feedback entry" in missing.stderr
+
+
+def test_a_contradicting_answer_for_the_same_photo_replaces_the_first(synced, cli, store, tmp_path):
+    photo = store_photo(tmp_path / "shelf.jpg", seed=3)
+    first_entry = json.loads(add(cli, store, photo, "--product", CONFIRMED).stdout)
+    moved = json.loads(add(cli, store, photo, "--product", "RED-BAG").stdout)
+    assert moved["replaced"]["id"] == first_entry["id"] and moved["replaced"]["product_id"] == CONFIRMED
+    assert [v.payload["product_id"] for v in views(store)] == ["RED-BAG"]
+    gone = json.loads(add(cli, store, photo, "--not-in-catalogue").stdout)
+    assert gone["verdict"] == "not in catalogue" and gone["view"] is None and views(store) == []
+    # What the search answered is recorded without the photo's own (earlier) view.
+    assert gone["answered"][0] != "RED-BAG" or first(cli, store, photo)["product_id"] == "RED-BAG"
+    listed = json.loads(cli("indexer", "feedback", "list", "--qdrant-path", store, "--json").stdout)["entries"]
+    assert [e["verdict"] for e in listed] == ["not in catalogue"]
+
+
+def test_each_product_keeps_its_newest_views_up_to_the_cap(synced, cli, store, tmp_path):
+    env = {"CATALOGUE_MAX_STORE_VIEWS": "2"}
+    entries = [
+        json.loads(add(cli, store, store_photo(tmp_path / f"p{i}.jpg", seed=10 + i), "--product", CONFIRMED, env=env).stdout)
+        for i in range(3)
+    ]
+    assert entries[2]["evicted_views"] == [entries[0]["view"]]
+    assert sorted(v.payload["feedback"]["id"] for v in views(store)) == [entries[1]["id"], entries[2]["id"]]
+    listed = json.loads(cli("indexer", "feedback", "list", "--qdrant-path", store, "--json").stdout)["entries"]
+    assert [e["view"] for e in listed] == [True, True, False]  # the oldest stays in the log, without a view
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (("--product", "NO-SUCH-PRODUCT"), 3, "no catalogue image"),
+        ((), 2, "--product ID, or --not-in-catalogue"),
+        (("--product", CONFIRMED, "--not-in-catalogue"), 2, "--product ID, or --not-in-catalogue"),
+        (("--product", CONFIRMED, "--box", "10,10,5,5"), 3, "x0 < x1"),
+        (("--product", CONFIRMED, "--box", "0,0,5000,50"), 3, "outside"),
+    ],
+    ids=["unknown-product", "no-answer", "both-answers", "inverted-box", "box-outside"],
+)
+def test_bad_feedback_is_one_line_and_records_nothing(synced, cli, store, tmp_path, args, code, words):
+    result = add(cli, store, store_photo(tmp_path / "shelf.jpg", seed=4), *args)
+    assert result.exit_code == code and words in result.stderr and "Traceback" not in result.output
+    assert json.loads(cli("indexer", "feedback", "list", "--qdrant-path", store, "--json").stdout)["entries"] == []
+
+
+def test_a_photo_that_is_not_an_image_is_exit_3(synced, cli, store, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    result = add(cli, store, bad, "--product", CONFIRMED)
+    assert result.exit_code == 3 and "not an image" in result.stderr
+
+
+def test_store_views_survive_a_resync_and_leave_with_their_product(synced, cli, dam, store, tiny_clip, tmp_path):
+    kept = json.loads(add(cli, store, store_photo(tmp_path / "a.jpg", seed=5), "--product", CONFIRMED).stdout)
+    doomed = json.loads(add(cli, store, store_photo(tmp_path / "b.jpg", seed=6), "--product", "RED-BAG").stdout)
+    studio = Path(dam / "generated" / "NEW-HAT.png")
+    shutil.copy(dam / "generated" / "BLUE-BAG.png", studio)  # a change: the sync has work to do
+    (dam / "generated" / "RED-BAG.png").unlink()  # RED-BAG leaves the DAM
+    result = cli("indexer", "sync", dam, "--qdrant-path", store, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["added"], report["deleted"], report["store_views_removed"]) == (1, 1, 1)
+    assert [v.payload["feedback"]["id"] for v in views(store)] == [kept["id"]]
+    # The log keeps both photos: a labelled set, and the view comes back if the product does.
+    listed = json.loads(cli("indexer", "feedback", "list", "--qdrant-path", store, "--json").stdout)["entries"]
+    assert {(e["id"], e["view"]) for e in listed} == {(kept["id"], True), (doomed["id"], False)}
+    again = json.loads(cli("indexer", "sync", dam, "--qdrant-path", store, "--json").stdout)
+    assert again["store_views_removed"] == 0 and len(views(store)) == 1
+
+
+def test_reindex_re_embeds_store_views_from_the_kept_photos(synced, cli, dam, store, tmp_path):
+    photo = store_photo(tmp_path / "a.jpg", seed=7)
+    add(cli, store, photo, "--product", CONFIRMED)
+    [before] = [p for p in all_points(store, with_vectors=True) if p.payload.get("source") == "store"]
+    result = cli("indexer", "sync", dam, "--qdrant-path", store, "--reindex", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["store_views_restored"] == 1
+    [after] = [p for p in all_points(store, with_vectors=True) if p.payload.get("source") == "store"]
+    assert after.id == before.id and after.payload["product_id"] == CONFIRMED
+    for name, vector in before.vector.items():
+        np.testing.assert_allclose(after.vector[name], vector, atol=1e-5)
+    assert first(cli, store, photo)["source"] == "store"
+
+
+def test_old_points_without_source_get_it_on_the_next_sync_without_encoding(synced, cli, dam, store, encode_calls):
+    from conftest import open_store
+
+    with open_store(store) as opened:
+        catalogue = opened.collection("catalogue")
+        ids = [pid for pid, _ in catalogue.scroll(("path",))]
+        catalogue.set_payload(ids, {"source": None})  # as points written before `source` existed
+    result = json.loads(cli("indexer", "sync", dam, "--qdrant-path", store, "--json").stdout)
+    assert result["encoded"] == 0 and result["updated"] == len(ids)
+    assert {p.payload.get("source") for p in all_points(store)} == {"catalogue"}
+
+
+def test_a_box_sent_back_from_the_search_gives_the_searchs_own_view(synced, cli, store, tmp_path):
+    """The page sends the box it was shown: the view then holds exactly the vectors that search used."""
+    photo = store_photo(tmp_path / "shelf.jpg", seed=8)
+    searched = json.loads(cli("search", "image", photo, "--qdrant-path", store, "--json").stdout)[0]
+    box = ",".join(str(v) for v in searched["groups"][0]["box"])
+    entry = json.loads(add(cli, store, photo, "--product", CONFIRMED, "--box", box).stdout)
+    assert entry["box"] == searched["groups"][0]["box"]
+    again = first(cli, store, photo)
+    assert again["source"] == "store" and again["cosine"] == pytest.approx(1.0, abs=1e-5)
+
+
+# -- the API: POST /v1/feedback, GET, DELETE ----------------------------------------------------
+
+
+def post_feedback(client, photo: Path, key=None, **params):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.post(
+        "/v1/feedback", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}, params=params, headers=headers
+    )
+
+
+def test_confirm_list_and_undo_over_http(synced, serve, tmp_path):
+    client = serve()
+    photo = store_photo(tmp_path / "shelf.jpg", seed=20)
+    searched = client.post("/v1/search", files={"image": ("shelf.jpg", photo.read_bytes(), "image/jpeg")}).json()
+    shown = [m["product_id"] for m in searched["matches"]]
+    box = ",".join(map(str, searched["groups"][0]["box"]))
+    created = post_feedback(client, photo, product_id=CONFIRMED, box=box, answered=",".join(shown), by="till-3")
+    assert created.status_code == 201, created.text
+    entry = created.json()
+    assert (entry["product_id"], entry["origin"], entry["by"], entry["answered"]) == (CONFIRMED, "api", "till-3", shown[:5])
+
+    again = client.post("/v1/search", files={"image": ("shelf.jpg", photo.read_bytes(), "image/jpeg")}).json()
+    assert (again["matches"][0]["product_id"], again["matches"][0]["source"]) == (CONFIRMED, "store")
+    view_image = client.get(f"/v1/images/{again['matches'][0]['point_id']}")
+    assert view_image.status_code == 200 and view_image.content == photo.read_bytes()
+    catalogue_only = client.post(
+        "/v1/search", files={"image": ("shelf.jpg", photo.read_bytes(), "image/jpeg")}, params={"store_views": "false"}
+    ).json()
+    assert catalogue_only["matches"][0]["source"] == "catalogue"
+    product = client.get(f"/v1/products/{CONFIRMED}").json()
+    assert [v["feedback"]["id"] for v in product["store_views"]] == [entry["id"]]
+    assert all(not i["path"].startswith("photos/") for i in product["images"])
+    info = client.get("/v1/info").json()
+    assert (info["store_views"], info["feedback"]) == (1, 1)
+
+    listed = client.get("/v1/feedback").json()
+    assert listed["total"] == 1 and listed["entries"][0]["view"] is True
+    assert client.delete(f"/v1/feedback/{entry['id']}").json()["id"] == entry["id"]
+    assert client.get("/v1/feedback").json() == {"total": 0, "entries": []}
+    after = client.post("/v1/search", files={"image": ("shelf.jpg", photo.read_bytes(), "image/jpeg")}).json()
+    assert after["matches"][0]["source"] == "catalogue"
+    assert "no feedback entry" in error_of(client.delete(f"/v1/feedback/{entry['id']}"), 404)
+
+
+def test_not_in_catalogue_over_http_records_no_view(synced, serve, tmp_path):
+    client = serve()
+    created = post_feedback(client, store_photo(tmp_path / "shelf.jpg", seed=21), not_in_catalogue="true")
+    assert created.status_code == 201 and created.json()["verdict"] == "not in catalogue" and created.json()["view"] is None
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "words"),
+    [
+        ({"product_id": "NO-SUCH"}, 404, "no product"),
+        ({}, 422, "say what the photo shows"),
+        ({"product_id": CONFIRMED, "not_in_catalogue": "true"}, 422, "say what the photo shows"),
+        ({"product_id": CONFIRMED, "box": "1,2,3"}, 422, "x0,y0,x1,y1"),
+        ({"product_id": CONFIRMED, "box": "0,0,9999,9999"}, 422, "outside"),
+    ],
+    ids=["unknown-product", "no-answer", "both", "three-numbers", "box-outside"],
+)
+def test_bad_feedback_over_http_is_a_json_error(synced, serve, tmp_path, params, status, words):
+    client = serve()
+    assert words in error_of(post_feedback(client, store_photo(tmp_path / "s.jpg", seed=22), **params), status)
+    assert client.get("/v1/feedback").json()["total"] == 0
+
+
+def test_feedback_needs_the_feedback_key_when_one_is_set(synced, serve, tmp_path):
+    client = serve(api_key="search-key", feedback_key="staff-key")
+    photo = store_photo(tmp_path / "shelf.jpg", seed=23)
+    assert "feedback key" in error_of(post_feedback(client, photo, key="search-key", product_id=CONFIRMED), 401)
+    assert "feedback key" in error_of(client.get("/v1/feedback", headers={"Authorization": "Bearer search-key"}), 401)
+    assert post_feedback(client, photo, key="staff-key", product_id=CONFIRMED).status_code == 201
+    # The feedback key opens feedback only; searches still take the API key.
+    assert error_of(client.get("/v1/info", headers={"Authorization": "Bearer staff-key"}), 401)
+
+
+def test_feedback_falls_back_to_the_api_key(synced, serve, tmp_path):
+    client = serve(api_key="search-key")
+    photo = store_photo(tmp_path / "shelf.jpg", seed=24)
+    assert error_of(post_feedback(client, photo, product_id=CONFIRMED), 401)
+    assert post_feedback(client, photo, key="search-key", product_id=CONFIRMED).status_code == 201
+
+
+def test_without_any_key_only_a_loopback_server_takes_feedback(synced, serve, tmp_path):
+    client = serve(open_feedback=False)
+    assert "CATALOGUE_FEEDBACK_KEY" in error_of(
+        post_feedback(client, store_photo(tmp_path / "s.jpg", seed=25), product_id=CONFIRMED), 403
+    )
+    assert (
+        client.post("/v1/search", files={"image": ("s.jpg", (tmp_path / "s.jpg").read_bytes(), "image/jpeg")}).status_code == 200
+    )
