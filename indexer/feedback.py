@@ -67,6 +67,11 @@ class Feedback:
     created: str  # ISO 8601, UTC
     origin: str  # cli, api or page
     by: str | None = None  # who answered (a staff or device id), when the caller says
+    folder: Path | None = None  # the feedback store it was read from
+
+    @property
+    def photo_path(self) -> Path:
+        return Path(self.folder or ".") / PHOTOS / self.photo
 
     @property
     def verdict(self) -> str:
@@ -118,17 +123,14 @@ class FeedbackLog:
         order = "DESC" if newest_first else "ASC"
         with self._db() as db:
             rows = db.execute(f"SELECT * FROM feedback {where} ORDER BY id {order}", args).fetchall()
-        return [_entry(row) for row in rows]
+        return [_entry(row, self.folder) for row in rows]
 
     def get(self, entry_id: int) -> Feedback | None:
         if not (self.folder / DATABASE).is_file():
             return None
         with self._db() as db:
             row = db.execute("SELECT * FROM feedback WHERE id = ?", (entry_id,)).fetchone()
-        return _entry(row) if row else None
-
-    def photo_path(self, entry: Feedback) -> Path:
-        return self.folder / PHOTOS / entry.photo
+        return _entry(row, self.folder) if row else None
 
     def __len__(self) -> int:
         if not (self.folder / DATABASE).is_file():
@@ -157,7 +159,7 @@ class FeedbackLog:
         created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         with self._db() as db:
             row = db.execute("SELECT * FROM feedback WHERE sha256 = ?", (sha,)).fetchone()
-            replaced = _entry(row) if row else None
+            replaced = _entry(row, self.folder) if row else None
             if replaced is not None:
                 db.execute("DELETE FROM feedback WHERE id = ?", (replaced.id,))
             cursor = db.execute(
@@ -184,7 +186,7 @@ class FeedbackLog:
         with self._db() as db:
             db.execute("DELETE FROM feedback WHERE id = ?", (entry_id,))
         with contextlib.suppress(FileNotFoundError):
-            self.photo_path(entry).unlink()
+            entry.photo_path.unlink()
         return entry
 
     def _write_photo(self, name: str, data: bytes) -> None:
@@ -222,7 +224,7 @@ class FeedbackLog:
             db.close()
 
 
-def _entry(row: sqlite3.Row) -> Feedback:
+def _entry(row: sqlite3.Row, folder: Path) -> Feedback:
     box = json.loads(row["box"]) if row["box"] else None
     return Feedback(
         id=int(row["id"]),
@@ -234,6 +236,7 @@ def _entry(row: sqlite3.Row) -> Feedback:
         created=row["created"],
         origin=row["origin"],
         by=row["by"],
+        folder=folder,
     )
 
 

@@ -318,12 +318,18 @@ def _floats(value: str, name: str) -> list[float]:
 
 
 @main.command(name="eval")
-@click.option("--queries", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder of query photos.")
+@click.option("--queries", type=click.Path(path_type=Path, file_okay=False), help="Folder of query photos.")
 @click.option(
     "--ground-truth",
-    required=True,
     type=click.Path(path_type=Path, dir_okay=False),
     help="CSV of query,reference rows (reference: image file name or product id; several rows per query allowed).",
+)
+@click.option(
+    "--feedback",
+    "use_feedback",
+    is_flag=True,
+    help="Evaluate on the store photos staff confirmed (indexer feedback), each without its own store view "
+    "(leave-one-out), instead of --queries and --ground-truth.",
 )
 @ranking_options
 @click.option("--k", "ks", default="1,5,10", show_default=True, help="Cut-offs for top-k accuracy.")
@@ -341,6 +347,7 @@ def _floats(value: str, name: str) -> list[float]:
 def eval_command(
     queries,
     ground_truth,
+    use_feedback,
     top_k,
     candidates,
     alpha,
@@ -371,8 +378,9 @@ def eval_command(
 ) -> None:
     """Measure how well search names the products in labelled photos.
 
-    Every photo in --queries with a row in --ground-truth goes through the
-    same pipeline as `search image`. Reports top-k accuracy, MRR, median rank
+    Every photo in --queries with a row in --ground-truth (or, with
+    --feedback, every store photo staff confirmed or said is not in the
+    catalogue) goes through the same pipeline as `search image`. Reports top-k accuracy, MRR, median rank
     of the first correct product, mean top-1 cosine of right and wrong
     answers, per-category accuracy, with and without colour re-scoring, and
     with --sweep the best alpha/threshold of a grid (photos are encoded once).
@@ -382,14 +390,17 @@ def eval_command(
     4 store unavailable, 5 model mismatch.
     """
     from indexer.cli_common import progress_bar
-    from search.evaluate import query_photos, read_ground_truth, run_evaluation
+    from indexer.errors import BadInputError
+    from search.evaluate import feedback_queries, folder_queries, read_ground_truth, run_evaluation
 
+    if use_feedback == bool(queries or ground_truth) or (not use_feedback and not (queries and ground_truth)):
+        raise click.UsageError("give --queries with --ground-truth, or --feedback")
     options = _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence, no_store_views)
     cutoffs = tuple(sorted({int(k) for k in _floats(ks, "--k") if k >= 1}))
     if not cutoffs:
         raise click.BadParameter("give at least one k >= 1", param_hint="--k")
     grid = (_floats(alphas, "--alphas"), _floats(thresholds, "--thresholds")) if sweep else None
-    truth = read_ground_truth(ground_truth)
+    truth = None if use_feedback else read_ground_truth(ground_truth)
     searcher = _searcher(
         open_catalogue(qdrant_path, qdrant_url, collection),
         model,
@@ -399,15 +410,32 @@ def eval_command(
         prompts,
         max_products,
     )
-    photos = sum(1 for name in query_photos(queries) if name in truth)
-    with progress_bar(photos, "evaluating", enabled=not quiet) as bar:
-        run = run_evaluation(searcher, queries, truth, options, ks=cutoffs, sweep=grid, calibrate=calibrate, progress=bar.update)
+    if use_feedback:
+        from indexer.feedback import FeedbackLog
+
+        log = FeedbackLog.of(searcher.catalogue.store, searcher.catalogue.name)
+        labelled, skipped, source = feedback_queries(log.entries(newest_first=False)), [], f"confirmed photos in {log.folder}"
+        if not labelled:
+            raise BadInputError(f"no feedback in {log.folder} yet: confirm answers first (indexer feedback add, the page)")
+    else:
+        labelled, skipped = folder_queries(queries, truth)
+        source = f"photos in {queries}"
+    with progress_bar(len(labelled), "evaluating", enabled=not quiet) as bar:
+        run = run_evaluation(
+            searcher,
+            labelled,
+            options,
+            ks=cutoffs,
+            sweep=grid,
+            calibrate=calibrate,
+            skipped=skipped,
+            source=source,
+            progress=bar.update,
+        )
     if report:
         from search.report import write_report
 
-        write_report(
-            run.evaluation, report, queries_dir=queries, shown_setting=run.shown, reference_images=searcher.reference_images()
-        )
+        write_report(run.evaluation, report, shown_setting=run.shown, reference_images=searcher.reference_images())
         click.echo(f"Report written to {report}", err=True)
     if as_json:
         emit_json(run.to_dict(searcher))
@@ -451,6 +479,10 @@ def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> N
             f"Best of the sweep: alpha={best.alpha:g} threshold={best.threshold:g} (MRR {m['mrr']:.3f}, top-1 {m[f'top{ks[0]}']:.1%})"
         )
     m = evaluation.metrics(shown)
+    if m["top1_through_store_view"]:
+        click.echo(f"{m['top1_through_store_view']} right top-1 answer(s) won through a store view ({shown})")
+    if evaluation.absent_scores:
+        click.echo(f"{len(evaluation.absent_scores)} photo(s) of products not in the catalogue: counted for the confidence only")
 
     def fmt(value):
         return "-" if value is None else f"{value:.3f}"

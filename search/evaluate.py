@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from indexer.errors import BadInputError
-from indexer.images import IMAGE_SUFFIXES
+from indexer.images import IMAGE_SUFFIXES, load_rgb
+from indexer.store import Filters
+from indexer.store.schema import STORE_SOURCE
 from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.options import SearchOptions
 from search.query import Candidate, Match, QueryFeatures, Searcher, rank
@@ -39,11 +41,23 @@ class Setting:
     threshold: float
 
 
+@dataclass(frozen=True)
+class Query:
+    """One labelled photo: a file of a query folder, or a confirmation from the feedback store."""
+
+    name: str
+    photo: Path
+    references: list[str]  # image paths, file names or product ids; empty: not in the catalogue
+    filters: Filters = ()  # added to the search's: leaves out the photo's own store view (leave-one-out)
+    box: tuple[int, int, int, int] | None = None  # where the product is, when known
+
+
 @dataclass
 class QueryResult:
     query: str
     expected: list[str]  # product ids
     category: str | None
+    photo: Path | None = None
     ranks: dict[str, int | None] = field(default_factory=dict)  # setting name -> rank of first correct
     top: dict[str, list[Match]] = field(default_factory=dict)  # setting name -> top-k shown
     # setting name -> the two best product scores, as ranked, and with the expected products hidden
@@ -61,10 +75,18 @@ class Evaluation:
     skipped: list[tuple[str, str]]  # (query, why)
     missing_references: list[tuple[str, str]]  # (query, reference)
     seconds: float
+    # Photos of products not in the catalogue (staff said so): setting name -> their two best product
+    # scores, one list per photo. Every answer for them is wrong: negatives for the confidence.
+    absent_scores: list[dict[str, list[float]]] = field(default_factory=list)
 
     def metrics(self, setting: str) -> dict:
         ranks = [r.ranks[setting] for r in self.results]
-        return summarise(ranks, self.ks) | self._cosines(setting) | {"by_category": self._by_category(setting)}
+        won = sum(1 for r in self.results if r.ranks[setting] == 1 and r.top[setting][0].source == STORE_SOURCE)
+        return (
+            summarise(ranks, self.ks)
+            | self._cosines(setting)
+            | {"top1_through_store_view": won, "by_category": self._by_category(setting)}
+        )
 
     def _cosines(self, setting: str) -> dict:
         correct, wrong = [], []
@@ -87,6 +109,7 @@ class Evaluation:
         """(scores, top-1 right) for each photo as it is, and with its products hidden (always wrong)."""
         samples = [(r.top_scores[setting], r.ranks[setting] == 1) for r in self.results if r.top_scores.get(setting)]
         samples += [(r.hidden_scores[setting], False) for r in self.results if r.hidden_scores.get(setting)]
+        samples += [(scores[setting], False) for scores in self.absent_scores if scores.get(setting)]
         return samples
 
     def confidence_quality(self, setting: str, calibration, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict | None:
@@ -129,6 +152,7 @@ class Evaluation:
                 s.name: {"colour": s.colour, "alpha": s.alpha, "threshold": s.threshold, **self.metrics(s.name)}
                 for s in self.settings
             },
+            "absent": len(self.absent_scores),
             "per_query": [
                 {
                     "query": r.query,
@@ -216,68 +240,110 @@ def query_photos(folder: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
 
 
-def evaluate(
-    searcher: Searcher,
-    queries_dir: Path,
-    truth: dict[str, list[str]],
-    settings: list[Setting],
-    *,
-    candidates: int = 100,
-    top_k: int = 10,
-    ks: tuple[int, ...] = (1, 5, 10),
-    filters: tuple[tuple[str, str], ...] = (),
-    progress: Callable[[int], object] | None = None,
-) -> Evaluation:
-    started = time.perf_counter()
+def folder_queries(queries_dir: Path, truth: dict[str, list[str]]) -> tuple[list[Query], list[tuple[str, str]]]:
+    """The photos of a query folder that the ground truth labels; (queries, skipped with why)."""
     if not queries_dir.is_dir():
         raise BadInputError(f"{queries_dir}: no such folder")
     photos = query_photos(queries_dir)
-    references = ReferenceIndex(searcher)
     skipped = [(name, "no ground truth") for name in photos if name not in truth]
     skipped += [(name, "listed in the ground truth, not in the folder") for name in truth if name not in photos]
+    return [Query(name, photos[name], truth[name]) for name in photos if name in truth], skipped
+
+
+def feedback_queries(entries) -> list[Query]:
+    """The feedback store's photos as labelled queries, each searched without its own store view."""
+    from search.views import not_this_photo
+
+    return [
+        Query(
+            f"#{e.id} {e.photo[:12]}",
+            e.photo_path,
+            [e.product_id] if e.product_id else [],
+            filters=not_this_photo(e.sha256),
+            box=e.box,
+        )
+        for e in entries
+    ]
+
+
+def evaluate(
+    searcher: Searcher,
+    queries: list[Query],
+    settings: list[Setting],
+    *,
+    skipped: list[tuple[str, str]] | None = None,
+    candidates: int = 100,
+    top_k: int = 10,
+    ks: tuple[int, ...] = (1, 5, 10),
+    filters: Filters = (),
+    progress: Callable[[int], object] | None = None,
+) -> Evaluation:
+    """Each query once through the search pipeline, ranked under every setting. A query without
+    references is a photo of a product the catalogue lacks: it only feeds the confidence's negatives."""
+    started = time.perf_counter()
+    references = ReferenceIndex(searcher)
+    skipped = list(skipped or [])
     missing: list[tuple[str, str]] = []
     results = []
+    absent: list[dict[str, list[float]]] = []
     total = searcher.catalogue.count()
-    for name in [n for n in photos if n in truth]:
+    for query in queries:
         expected = []
-        for reference in truth[name]:
+        for reference in query.references:
             product = references.product_for(reference)
             if product is None:
-                missing.append((name, reference))
+                missing.append((query.name, reference))
             elif product not in expected:
                 expected.append(product)
-        if not expected:
-            skipped.append((name, "none of its references is in the collection"))
+        if query.references and not expected:
+            skipped.append((query.name, "none of its references is in the collection"))
             if progress:
                 progress(1)
             continue
         t0 = time.perf_counter()
         try:
             # The most likely located product answers for the photo (ground truth names one product).
-            features = searcher.query_features(photos[name])[0]
+            features = _features(searcher, query)
         except BadInputError as exc:
-            skipped.append((name, str(exc)))
+            skipped.append((query.name, str(exc)))
             if progress:
                 progress(1)
             continue
-        everything = searcher.candidates(features, total, filters)
-        result = QueryResult(query=name, expected=expected, category=references.category.get(expected[0]))
+        everything = searcher.candidates(features, total, (*filters, *query.filters))
+        result = QueryResult(
+            query=query.name, expected=expected, category=references.category.get(expected[0]) if expected else None
+        )
+        result.photo = query.photo
         for setting in settings:
             options = SearchOptions(
                 top_k=top_k, candidates=candidates, alpha=setting.alpha, threshold=setting.threshold, colour=setting.colour
             )
-            ranked = _ranking(everything, features, options, searcher.root)
+            ranked = _ranking(everything, features, options, searcher)
+            result.top_scores[setting.name] = [m.score for m in ranked[:2]]
+            if not expected:
+                continue
             result.ranks[setting.name] = _rank_of(ranked, everything, options.candidates, set(expected))
             result.top[setting.name] = ranked[:top_k]
-            result.top_scores[setting.name] = [m.score for m in ranked[:2]]
             result.hidden_scores[setting.name] = [m.score for m in ranked if m.product_id not in expected][:2]
         result.seconds = time.perf_counter() - t0
-        results.append(result)
+        if expected:
+            results.append(result)
+        else:
+            absent.append(result.top_scores)
         if progress:
             progress(1)
     if not results:
-        raise BadInputError(f"{queries_dir}: no photo with usable ground truth to evaluate ({len(skipped)} skipped)")
-    return Evaluation(ks, settings, results, skipped, missing, time.perf_counter() - started)
+        raise BadInputError(f"no photo with usable ground truth to evaluate ({len(skipped)} skipped)")
+    return Evaluation(ks, settings, results, skipped, missing, time.perf_counter() - started, absent)
+
+
+def _features(searcher: Searcher, query: Query) -> QueryFeatures:
+    if query.box is None:
+        return searcher.query_features(query.photo)[0]
+    from search.query import QUERY_DECODE_SIDE
+    from search.views import features_in_box
+
+    return features_in_box(searcher, load_rgb(query.photo, draft=QUERY_DECODE_SIDE), query.box)
 
 
 @dataclass
@@ -305,13 +371,14 @@ class EvalRun:
 
 def run_evaluation(
     searcher: Searcher,
-    queries_dir: Path,
-    truth: dict[str, list[str]],
+    queries: list[Query],
     options: SearchOptions,
     *,
     ks: tuple[int, ...] = (1, 5, 10),
     sweep: tuple[Iterable[float], Iterable[float]] | None = None,
     calibrate: bool = False,
+    skipped: list[tuple[str, str]] | None = None,
+    source: str = "labelled photos",
     progress: Callable[[int], object] | None = None,
 ) -> EvalRun:
     """Evaluate with `options` and, colour off, as the ablation; with `sweep` (alphas, thresholds) every pair
@@ -325,9 +392,9 @@ def run_evaluation(
     settings += [s for s in grid if (s.alpha, s.threshold) != (options.alpha, options.threshold) or not options.colour]
     evaluation = evaluate(
         searcher,
-        queries_dir,
-        truth,
+        queries,
         settings,
+        skipped=skipped,
         candidates=options.candidates,
         top_k=options.top_k,
         ks=ks,
@@ -343,18 +410,25 @@ def run_evaluation(
 
         try:
             calibration, calibrated = fit(
-                evaluation.calibration_samples(shown), source=f"{len(evaluation.results)} photos in {queries_dir}"
+                evaluation.calibration_samples(shown),
+                source=f"{len(evaluation.results) + len(evaluation.absent_scores)} {source}",
             )
         except ValueError as exc:
-            raise BadInputError(f"cannot calibrate on {queries_dir}: {exc}") from None
+            raise BadInputError(f"cannot calibrate on {source}: {exc}") from None
         searcher.catalogue.update_metadata(calibration=calibration.to_metadata())
         calibrated["stored_in"] = searcher.catalogue.name
     return EvalRun(evaluation, shown, best, confidence, calibrated, options)
 
 
-def _ranking(everything: list[Candidate], features: QueryFeatures, options: SearchOptions, root: str | None) -> list[Match]:
+def _ranking(everything: list[Candidate], features: QueryFeatures, options: SearchOptions, searcher: Searcher) -> list[Match]:
     """Every product among the re-scored candidates, best first, as `search image` ranks them."""
-    return rank(everything[: options.candidates], features.palette, replace(options, top_k=len(everything)), root=root)
+    return rank(
+        everything[: options.candidates],
+        features.palette,
+        replace(options, top_k=len(everything)),
+        root=searcher.root,
+        views_root=searcher.views_root,
+    )
 
 
 def _rank_of(ranked: list[Match], everything: list[Candidate], candidates: int, expected: set[str]) -> int | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from indexer.errors import BadInputError
 from indexer.images import load_rgb
+from indexer.store.schema import STORE_SOURCE
 from search.evaluate import Evaluation
 
 PHOTO_SIDE = 220
@@ -38,7 +39,6 @@ def write_report(
     evaluation: Evaluation,
     output: Path,
     *,
-    queries_dir: Path,
     shown_setting: str,
     reference_images: dict[str, str],
     title: str = "catalogue-indexer evaluation",
@@ -73,16 +73,17 @@ def write_report(
         verdict = "correct" if rank == 1 else (f"rank {rank}" if rank else "not found")
         parts.append(f"<section class='query {'ok' if rank == 1 else 'miss'}'>")
         parts.append(
-            f"<figure class='photo'>{_img(thumbnail_uri(queries_dir / result.query, PHOTO_SIDE), result.query)}"
+            f"<figure class='photo'>{_img(thumbnail_uri(result.photo, PHOTO_SIDE), result.query)}"
             f"<figcaption><b>{e(result.query)}</b><br>{e(verdict)}<br>expected {e(', '.join(result.expected))}</figcaption></figure>"
         )
         parts.append("<div class='matches'>")
         for match in matches:
             correct = match.product_id in result.expected
+            view = match.source == STORE_SOURCE
             parts.append(
-                f"<figure class='match{' correct' if correct else ''}'>"
+                f"<figure class='match{' correct' if correct else ''}{' view' if view else ''}'>"
                 f"{_img(thumbnail_uri(match.image, CATALOGUE_SIDE), match.product_id)}"
-                f"<figcaption>#{match.rank} <b>{e(match.product_id)}</b><br>"
+                f"<figcaption>#{match.rank} <b>{e(match.product_id)}</b>{'<br><i>through a store view</i>' if view else ''}<br>"
                 f"{match.score:.3f} = {match.cosine:.3f} + {match.colour_bonus:.3f}</figcaption></figure>"
             )
         if rank is None or rank > len(matches):
@@ -132,5 +133,6 @@ figure{margin:0;font-size:12px;text-align:center}
 .match img{width:120px;height:120px;object-fit:contain;background:#fff}
 .match.correct{border-color:#1a9e3a}
 .match.expected{border-color:#e0a000;border-style:dashed}
+.match.view figcaption i{color:#6a3fb5}
 .noimg{width:120px;height:120px;background:#eee;display:flex;align-items:center;justify-content:center}
 """

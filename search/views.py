@@ -68,6 +68,19 @@ def view_path(entry: Feedback) -> str:
     return f"{PHOTOS}/{entry.photo}"
 
 
+def features_in_box(searcher: Searcher, image, box) -> QueryFeatures:
+    """The photo's features exactly as its search computed them: the located product whose box is
+    `box` (the page sends the box it was shown), else the first; a box no search located is searched
+    on its own. Deterministic, so a view is rebuilt the same from its photo and box."""
+    located = searcher.features(image)
+    if box is None:
+        return located[0]
+    for features in located:
+        if all(abs(a - b) <= BOX_TOLERANCE for a, b in zip(features.region.box, box)):
+            return features
+    return searcher.features(image.crop(box))[0]
+
+
 @dataclass
 class Recorded:
     """What one confirmation did."""
@@ -167,7 +180,7 @@ class StoreViews:
                 done["over_cap"] += 1
                 continue
             try:
-                image = load_rgb(self.log.photo_path(entry), draft=QUERY_DECODE_SIDE)
+                image = load_rgb(entry.photo_path, draft=QUERY_DECODE_SIDE)
             except BadInputError:
                 done["unreadable"] += 1
                 continue
@@ -185,16 +198,7 @@ class StoreViews:
     # -- internals ---------------------------------------------------------------------------
 
     def _features(self, image, box) -> QueryFeatures:
-        """The photo's features exactly as its search computed them: the located product whose box is
-        `box` (the page sends the box it was shown), else the first; a box no search located is searched
-        on its own. Deterministic, so `restore` rebuilds the same view from the photo and its box."""
-        located = self.searcher.features(image)
-        if box is None:
-            return located[0]
-        for features in located:
-            if all(abs(a - b) <= BOX_TOLERANCE for a, b in zip(features.region.box, box)):
-                return features
-        return self.searcher.features(image.crop(box))[0]
+        return features_in_box(self.searcher, image, box)
 
     def _answer(self, features: QueryFeatures, sha256: str) -> list[str]:
         """What a search answers for the photo, its own earlier view (if any) left out."""

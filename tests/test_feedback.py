@@ -284,3 +284,35 @@ def test_without_any_key_only_a_loopback_server_takes_feedback(synced, serve, tm
     assert (
         client.post("/v1/search", files={"image": ("s.jpg", (tmp_path / "s.jpg").read_bytes(), "image/jpeg")}).status_code == 200
     )
+
+
+def test_eval_on_feedback_leaves_each_photo_s_own_view_out(synced, cli, store, tmp_path):
+    from indexer.store.schema import view_point_id
+
+    # Two shots of one product in one store (the second re-saved, slightly darker), and one unknown product.
+    first_shot = store_photo(tmp_path / "a.jpg", seed=30)
+    second_shot = tmp_path / "b.jpg"
+    Image.open(first_shot).point(lambda v: int(v * 0.95)).save(second_shot, quality=80)
+    entries = [json.loads(add(cli, store, p, "--product", CONFIRMED).stdout) for p in (first_shot, second_shot)]
+    add(cli, store, store_photo(tmp_path / "c.jpg", seed=31), "--not-in-catalogue")
+
+    result = cli("search", "eval", "--feedback", "--qdrant-path", store, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["queries"] == 2 and report["absent"] == 1
+    shown = next(name for name in report["settings"] if name.startswith("colour"))
+    assert report["settings"][shown]["top1"] == 1.0
+    assert report["settings"][shown]["top1_through_store_view"] == 2  # each through the other's view
+    own_views = {view_point_id(e["sha256"]) for e in entries}
+    for query, entry in zip(report["per_query"], entries):
+        top = query["top"][shown][0]
+        assert top["source"] == "store" and top["point_id"] in own_views - {view_point_id(entry["sha256"])}
+    human = cli("search", "eval", "--feedback", "--qdrant-path", store, "-q")
+    assert "won through a store view" in human.stdout and "not in the catalogue" in human.stdout
+
+
+def test_eval_needs_feedback_or_a_labelled_folder(synced, cli, store, tmp_path):
+    empty = cli("search", "eval", "--feedback", "--qdrant-path", store)
+    assert empty.exit_code == 3 and "no feedback" in empty.stderr
+    both = cli("search", "eval", "--feedback", "--queries", tmp_path, "--qdrant-path", store)
+    assert both.exit_code == 2 and "--feedback" in both.stderr
