@@ -5,6 +5,9 @@ catalogue images of tests/data plus the reference image of one real store photo
 (tests/data/page/IMG_6954.jpeg, a dev photo downscaled to 800 px, EXIF rotation applied) that
 Lite0 ranks first. Screenshots are kept in $CATALOGUE_TEST_ARTEFACTS (default: the test's tmp_path).
 Skipped only where chromium or chromedriver is missing.
+
+Staff answers (/v1/feedback) change the store: each test that gives one takes them back afterwards
+(`no_feedback_left`), so the shared server answers every test as the catalogue alone would.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ PHOTO = DATA / "page" / "IMG_6954.jpeg"  # a black ankle boot on a shop shelf
 EXPECTED = "KDI613VEAS900"  # its catalogue product (tests/data/page/KDI613VEAS900.jpeg)
 CATEGORIES = ["W Accessories", "W Bags", "W RTW", "W SLG", "W Shoes", "Watches"]  # tests/data/products.csv + the boot
 KEY = "secret"
+FEEDBACK_KEY = "staff-only"
+OTHER = "M3550HLEZJM900"  # another product (W Bags), picked by hand as a correction
 
 pytestmark = [
     pytest.mark.slow,
@@ -91,14 +96,14 @@ def stores(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @contextmanager
-def serving(store: Path, log: Path, env: dict | None = None):
+def serving(store: Path, log: Path, env: dict | None = None, args: tuple[str, ...] = ()):
     """`search serve` as a subprocess on a free port; yields its base URL once /readyz says ready; always stopped."""
     import httpx
 
     port = _free_port()
     with log.open("w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(store), "--port", str(port)],
+            [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(store), "--port", str(port), *args],
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -145,6 +150,17 @@ def browser(tmp_path_factory):
     driver.set_script_timeout(30)
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def no_feedback_left(server):
+    """Takes back every answer a test gave on the shared server (their store views go with them)."""
+    yield
+    import httpx
+
+    for entry in feedback(server, limit=1000)["entries"]:
+        httpx.delete(f"{server}/v1/feedback/{entry['id']}", timeout=60).raise_for_status()
+    assert feedback(server)["total"] == 0
 
 
 @pytest.fixture
@@ -219,11 +235,7 @@ def test_the_page_fits_a_phone(server, browser, artefacts):
 
 
 def test_a_product_not_in_the_catalogue_is_flagged_not_sure(server, browser, artefacts, tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    nothing = tmp_path / "nothing.png"  # a picture of nothing in the catalogue
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(nothing)
+    nothing = noise_photo(tmp_path / "nothing.png")
     answer = api_search(server, nothing)
     assert answer["confident"] is False
 
@@ -275,6 +287,7 @@ def test_an_api_error_is_shown_in_its_one_line(server, browser, tmp_path):
 def test_text_search_when_the_model_has_a_text_tower(clip_with_tokenizer, browser, tmp_path):
     import httpx
     from click.testing import CliRunner
+    from selenium.webdriver.common.keys import Keys
 
     from indexer.cli import main as indexer
 
@@ -297,6 +310,23 @@ def test_text_search_when_the_model_has_a_text_tower(clip_with_tokenizer, browse
         ids = browser.execute_script("return [...document.querySelectorAll('#results .product-id')].map(e => e.textContent)")
         assert ids == [m["product_id"] for m in answer["matches"]] and len(ids) == 10
         assert not browser.find_elements("css selector", "#results .photo, #results .box, #results .verdict")
+        assert not browser.find_elements("css selector", "#results button.this-one")  # no photo to answer for
+
+        # Picking the right product for a photo: a description lists the products it matches.
+        search_photo(browser, PHOTO)
+        shown = browser.execute_script("return [...document.querySelectorAll('#results .product-id')].map(e => e.textContent)")
+        browser.find_element("css selector", ".pick summary").click()
+        assert browser.find_element("css selector", ".pick label").text == "Product id or description"
+        browser.switch_to.active_element.send_keys("black bag", Keys.ENTER)
+        until(browser, "return document.querySelectorAll('.picks .card').length > 0")
+        picks = browser.find_elements("css selector", ".picks .card")
+        assert [c.find_element("css selector", ".product-id").text for c in picks] == ids[: len(picks)]
+        other = next(c for c in picks if c.find_element("css selector", ".product-id").text != shown[0])
+        product = other.find_element("css selector", ".product-id").text
+        other.find_element("css selector", "button.this-one").click()
+        wait_for_toast(browser, f"Saved: {product} (corrected)")
+        (entry,) = feedback(base)["entries"]
+        assert entry["product_id"] == product and entry["verdict"] == "corrected" and entry["answered"] == shown
 
 
 def test_a_server_with_an_api_key_asks_for_it_once(stores, browser, artefacts, tmp_path):
@@ -324,10 +354,169 @@ def test_a_server_with_an_api_key_asks_for_it_once(stores, browser, artefacts, t
             browser,
             "const i = document.querySelector('#results .card img'); return i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0",
         )
+        # No feedback key on this server: answers go with the API key, without asking for another.
+        this_one(browser, EXPECTED)
+        saved = wait_for_toast(browser, f"Saved: {EXPECTED}")
+        assert not browser.find_element("id", "feedback-key-form").is_displayed()
+        assert feedback(base, key=KEY)["entries"][0]["product_id"] == EXPECTED
+        saved.find_element("css selector", "button.undo").click()
+        wait_for_toast(browser, "Undone")
+        assert feedback(base, key=KEY)["total"] == 0
 
         browser.refresh()  # the key is remembered on this device
         until(browser, "return document.querySelectorAll('#category option').length > 1")
         assert not browser.find_element("id", "key-form").is_displayed()
+
+
+def test_this_one_saves_the_answer_and_the_next_search_wins_through_the_store_photo(server, browser, artefacts, no_feedback_left):
+    browser.set_window_size(1280, 1000)
+    open_page(browser, server)
+    browser.get_log("browser")  # only this test's messages from here on
+    answer = api_search(server, PHOTO)
+    assert [m["source"] for m in answer["matches"]] == ["catalogue"] * len(answer["matches"])
+    search_photo(browser, PHOTO)
+    assert not browser.find_elements("css selector", "#results .badge")  # nothing confirmed yet
+
+    this_one(browser, EXPECTED)
+    saved = wait_for_toast(browser, f"Saved: {EXPECTED}")
+    assert saved.find_element("css selector", "button.undo").text == "Undo"
+    card = card_of(browser, EXPECTED)
+    assert "confirmed" in card.get_attribute("class")
+    button = card.find_element("css selector", "button.this-one")
+    assert button.get_attribute("aria-pressed") == "true" and button.text == "✓ Saved"
+    assert browser.find_element("css selector", ".group .saved-note").text == f"Saved: {EXPECTED}."
+
+    # The server holds what the page showed: the product, the group's box and the answer, best first.
+    listed = feedback(server)
+    assert listed["total"] == 1
+    entry = listed["entries"][0]
+    assert entry["product_id"] == EXPECTED and entry["verdict"] == "confirmed" and entry["view"] is True
+    assert entry["box"] == [round(v) for v in answer["groups"][0]["box"]]
+    assert entry["answered"] == [m["product_id"] for m in answer["matches"]]
+    screenshot(browser, artefacts / "page-confirmed-desktop.png")
+
+    # The same photo again: the product now wins through the store photo, and the card says so.
+    assert api_search(server, PHOTO)["matches"][0]["source"] == "store"
+    search_photo(browser, PHOTO)
+    assert first_card(browser) == EXPECTED
+    first = browser.find_element("css selector", "#results .card")
+    assert first.find_element("css selector", ".badge").text == "store photo"
+    assert first.find_element("css selector", "img").get_attribute("alt") == f"Store photo of {EXPECTED}"
+    until(browser, "const i = document.querySelector('#results .card img'); return i.complete && i.naturalWidth > 0")
+    assert len(browser.find_elements("css selector", "#results .badge")) == 1
+    screenshot(browser, artefacts / "page-store-photo-desktop.png")
+
+    # Undo (still offered after the next search) takes the answer back and the store photo with it.
+    wait_for_toast(browser, f"Saved: {EXPECTED}").find_element("css selector", "button.undo").click()
+    wait_for_toast(browser, f"Undone: {EXPECTED} is no longer saved.")
+    assert feedback(server) == {"total": 0, "entries": []}
+    search_photo(browser, PHOTO)
+    assert first_card(browser) == EXPECTED and not browser.find_elements("css selector", "#results .badge")
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+
+
+def test_not_in_catalogue_is_saved_and_taken_back_from_the_keyboard(server, browser, tmp_path, no_feedback_left):
+    from selenium.webdriver.common.keys import Keys
+
+    nothing = noise_photo(tmp_path / "nothing.png")
+    open_page(browser, server)
+    search_photo(browser, nothing)
+    shown = browser.execute_script("return [...document.querySelectorAll('#results .product-id')].map(e => e.textContent)")
+    button = browser.find_element("css selector", ".group button.not-in-catalogue")
+    assert button.text == "Not in catalogue"
+    button.send_keys(Keys.ENTER)  # a real button: the keyboard reaches and presses it
+    wait_for_toast(browser, "Saved: not in catalogue")
+    assert button.get_attribute("aria-pressed") == "true"
+    assert browser.execute_script("return document.querySelector('.group').dataset.answer") == "not in catalogue"
+    (entry,) = feedback(server)["entries"]
+    assert entry["verdict"] == "not in catalogue" and entry["product_id"] is None and entry["view"] is False
+    assert entry["answered"] == shown
+
+    button.send_keys(Keys.SPACE)  # pressed again: taken back
+    wait_for_toast(browser, "Undone: not in catalogue is no longer saved.")
+    assert button.get_attribute("aria-pressed") == "false" and button.text == "Not in catalogue"
+    assert feedback(server)["total"] == 0
+
+
+def test_picking_another_product_by_id_saves_a_correction_on_a_phone(server, browser, artefacts, no_feedback_left):
+    from selenium.webdriver.common.keys import Keys
+
+    from indexer.colour import lab_to_hex
+
+    browser.set_window_size(360, 740)
+    try:
+        open_page(browser, server)
+        search_photo(browser, PHOTO, field="camera")
+        assert first_card(browser) == EXPECTED
+        pick = browser.find_element("css selector", ".group details.pick")
+        pick.find_element("css selector", "summary").click()
+        field = until(browser, "const i = document.querySelector('.pick input'); return document.activeElement === i && i")
+        assert browser.find_element("css selector", ".pick label").text == "Product id"  # Lite0: no descriptions
+        field.send_keys("nothing-like-it", Keys.ENTER)
+        until(browser, "return document.querySelector('.pick-note').textContent.includes('No product')")
+
+        field.clear()
+        field.send_keys(OTHER.lower(), Keys.ENTER)  # typed in lower case: found in capitals
+        picked = until(browser, "return document.querySelector('.picks .card')")
+        assert picked.find_element("css selector", ".product-id").text == OTHER
+        assert picked.find_element("css selector", ".category").text == "W Bags"
+        product = httpx_get(server, f"/v1/products/{OTHER}")
+        swatch = picked.find_element("css selector", ".colour span:last-child").text
+        expected = lab_to_hex([product["images"][0]["colour"][c] for c in "Lab"])
+        assert all(abs(int(swatch[i : i + 2], 16) - int(expected[i : i + 2], 16)) <= 1 for i in (1, 3, 5)), (swatch, expected)
+        until(browser, "const i = document.querySelector('.picks .card img'); return i.complete && i.naturalWidth > 0")
+
+        picked.find_element("css selector", "button.this-one").click()
+        wait_for_toast(browser, f"Saved: {OTHER} (corrected)")
+        assert "confirmed" in picked.get_attribute("class")
+        assert "confirmed" not in card_of(browser, EXPECTED).get_attribute("class")
+        (entry,) = feedback(server)["entries"]
+        assert entry["product_id"] == OTHER and entry["verdict"] == "corrected" and entry["answered"][0] == EXPECTED
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 360
+        toast = browser.execute_script("return document.querySelector('#toast .toast').getBoundingClientRect().toJSON()")
+        assert toast["x"] >= 0 and toast["x"] + toast["width"] <= 360 and toast["y"] + toast["height"] <= 740  # on screen
+        screenshot(browser, artefacts / "page-pick-phone.png")
+    finally:
+        browser.set_window_size(1280, 1000)
+
+
+def test_a_server_with_a_feedback_key_asks_for_it_before_saving(stores, browser, artefacts, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    with serving(stores[1], tmp_path / "serve.log", env={"CATALOGUE_FEEDBACK_KEY": FEEDBACK_KEY}) as base:
+        open_page(browser, base)  # searching needs no key here
+        search_photo(browser, PHOTO)
+        this_one(browser, EXPECTED)
+        form = until(browser, "const f = document.getElementById('feedback-key-form'); return !f.hidden && f")
+        assert "needs the feedback key" in form.text
+        assert browser.switch_to.active_element == browser.find_element("id", "feedback-key")
+        assert not browser.find_element("id", "key-form").is_displayed()  # not the API key
+        screenshot(browser, artefacts / "page-feedback-key.png")
+
+        browser.find_element("id", "feedback-key").send_keys("wrong", Keys.ENTER)
+        until(browser, "return document.getElementById('feedback-key-reason').textContent.includes('refused')")
+        assert feedback(base, key=FEEDBACK_KEY)["total"] == 0
+
+        browser.find_element("id", "feedback-key").send_keys(FEEDBACK_KEY, Keys.ENTER)  # saved, then the answer is sent
+        saved = wait_for_toast(browser, f"Saved: {EXPECTED}")
+        assert not browser.find_element("id", "feedback-key-form").is_displayed()
+        (entry,) = feedback(base, key=FEEDBACK_KEY)["entries"]
+        assert entry["product_id"] == EXPECTED and entry["verdict"] == "confirmed"
+        saved.find_element("css selector", "button.undo").click()  # the key is remembered: Undo goes straight through
+        wait_for_toast(browser, "Undone")
+        assert feedback(base, key=FEEDBACK_KEY)["total"] == 0
+
+
+def test_a_server_that_refuses_feedback_says_why(stores, browser, tmp_path):
+    # Beyond loopback with no key at all: searching works, answers are refused with a reason.
+    with serving(stores[1], tmp_path / "serve.log", args=("--host", "0.0.0.0")) as base:
+        open_page(browser, base)
+        search_photo(browser, PHOTO)
+        this_one(browser, EXPECTED)
+        error = wait_for_toast(browser, "Feedback is off on this server")
+        assert error.get_attribute("role") == "alert" and "error" in error.get_attribute("class")
+        assert not browser.find_element("id", "feedback-key-form").is_displayed()
+        assert card_of(browser, EXPECTED).find_element("css selector", "button.this-one").get_attribute("aria-pressed") == "false"
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -363,10 +552,10 @@ def first_card(browser) -> str:
     return browser.find_element("css selector", "#results .card .product-id").text
 
 
-def until(browser, script: str, timeout: float = 60):
+def until(browser, script: str, *args, timeout: float = 60):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script), message=script)
+    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script, *args), message=script)
 
 
 def api_search(base: str, photo: Path) -> dict:
@@ -379,6 +568,50 @@ def httpx_post(base: str, photo: Path):
     import httpx
 
     return httpx.post(f"{base}/v1/search", params={"top_k": 5}, files={"image": (photo.name, photo.read_bytes())}, timeout=60)
+
+
+def httpx_get(base: str, path: str, key: str | None = None, **params) -> dict:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    response = httpx.get(f"{base}{path}", params=params, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def feedback(base: str, key: str | None = None, limit: int = 50) -> dict:
+    """What the server recorded, newest first (GET /v1/feedback)."""
+    return httpx_get(base, "/v1/feedback", key=key, limit=limit)
+
+
+def card_of(browser, product: str):
+    """The result card of `product` (the first of the photo's located products)."""
+    for card in browser.find_elements("css selector", "#results .group .cards:not(.picks) > .card"):
+        if card.find_element("css selector", ".product-id").text == product:
+            return card
+    raise AssertionError(f"no card of {product}")
+
+
+def this_one(browser, product: str) -> None:
+    card_of(browser, product).find_element("css selector", "button.this-one").click()
+
+
+def wait_for_toast(browser, text: str):
+    """The banner at the bottom once it says `text`."""
+    return until(
+        browser,
+        "const t = document.querySelector('#toast .toast'); return t && t.textContent.includes(arguments[0]) && t",
+        text,
+    )
+
+
+def noise_photo(path: Path) -> Path:
+    """A picture of nothing in the catalogue."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(path)
+    return path
 
 
 def screenshot(browser, path: Path) -> None:

@@ -1,10 +1,14 @@
-// The staff page: a view of the JSON API (/v1/info, /v1/search, /v1/search/text, /v1/images).
-// Plain JavaScript, no build step, no network beyond this server.
+// The staff page: a view of the JSON API (/v1/info, /v1/search, /v1/search/text, /v1/images,
+// /v1/products, /v1/feedback). Plain JavaScript, no build step, no network beyond this server.
+// Staff answer each located product: "This one" on a card, "Not in catalogue", or a product they
+// pick by id (or description); the server keeps the photo and a confirmed one becomes a store view.
 "use strict";
 
 (() => {
   const TOP_K = 5;
   const KEY_STORAGE = "catalogue-indexer.api-key";
+  const FEEDBACK_KEY_STORAGE = "catalogue-indexer.feedback-key";
+  const PICKS = 6; // products listed for a description
   const $ = (id) => document.getElementById(id);
   const ui = {
     about: $("about"), keyForm: $("key-form"), keyReason: $("key-reason"), key: $("key"),
@@ -12,11 +16,16 @@
     categoryField: $("category-field"), category: $("category"),
     textForm: $("text-form"), text: $("text"), textButton: $("text-button"),
     status: $("status"), error: $("error"), results: $("results"),
+    feedbackKeyForm: $("feedback-key-form"), feedbackKeyReason: $("feedback-key-reason"), feedbackKey: $("feedback-key"),
+    feedbackKeyCancel: $("feedback-key-cancel"), toast: $("toast"),
   };
   let last = null; // the last search ({file} or {text}): repeated when the category changes
   let pending = null; // a search refused for want of a key: repeated once the key is entered
   let busy = false;
   let blobUrls = []; // object URLs of the current results, revoked when they are replaced
+  let serverInfo = {}; // /v1/info: does the model have a text tower?
+  let answers = []; // one per located product of the shown photo: what staff said about it
+  let pendingSave = null; // feedback refused for want of the feedback key: retried once the key is entered
 
   class ApiError extends Error {
     constructor(message, status, retryAfter = null) {
@@ -28,13 +37,18 @@
 
   // -- the API -------------------------------------------------------------------------------
 
-  function storedKey() {
-    try { return localStorage.getItem(KEY_STORAGE) || ""; } catch { return ""; }
+  function storedKey(name = KEY_STORAGE) {
+    try { return localStorage.getItem(name) || ""; } catch { return ""; }
   }
 
-  async function api(path, options = {}) {
+  function storeKey(name, value) {
+    try { localStorage.setItem(name, value); } catch { /* kept for this page only */ }
+  }
+
+  /** A /v1 call; `feedback`: a /v1/feedback route, which takes the feedback key when one was entered. */
+  async function api(path, options = {}, { feedback = false } = {}) {
     const headers = new Headers(options.headers || {});
-    const key = storedKey();
+    const key = (feedback && storedKey(FEEDBACK_KEY_STORAGE)) || storedKey();
     if (key) headers.set("Authorization", `Bearer ${key}`);
     let response;
     try {
@@ -45,6 +59,10 @@
     if (response.ok) return response;
     let line = "";
     try { line = (await response.json()).error || ""; } catch { /* not JSON: the status says enough */ }
+    if (response.status === 401 && feedback) {
+      throw new ApiError(storedKey(FEEDBACK_KEY_STORAGE) ? "That feedback key was refused: enter it again."
+        : "Saving answers needs the feedback key.", 401);
+    }
     if (response.status === 401) {
       askForKey(key ? "That API key was refused: enter it again." : "This server needs an API key.");
       throw new ApiError("Enter the API key to continue.", 401);
@@ -70,6 +88,40 @@
     return (await api("/v1/search/text", { method: "POST", headers: { "Content-Type": "application/json" }, body })).json();
   }
 
+  /** Tell the server what the photo of `answer` shows: a product id, or null (not in the catalogue). */
+  async function postFeedback(answer, productId) {
+    const params = new URLSearchParams();
+    if (productId) params.set("product_id", productId);
+    else params.set("not_in_catalogue", "true");
+    if (answer.box) params.set("box", answer.box.map((v) => Math.round(v)).join(","));
+    params.set("answered", answer.answered.join(","));
+    const form = new FormData();
+    form.append("image", answer.file, answer.file.name || "photo.jpg");
+    const response = await api(`/v1/feedback?${params}`, { method: "POST", body: form }, { feedback: true });
+    return response.json();
+  }
+
+  async function deleteFeedback(id) {
+    return (await api(`/v1/feedback/${encodeURIComponent(id)}`, { method: "DELETE" }, { feedback: true })).json();
+  }
+
+  /** The product with this id (as typed, else in capitals) as a card's match; null when there is none. */
+  async function findProduct(id) {
+    for (const candidate of new Set([id, id.toUpperCase()])) {
+      try {
+        const product = await (await api(`/v1/products/${encodeURIComponent(candidate)}`)).json();
+        const image = product.images[0] || {};
+        return {
+          product_id: product.product_id, category: product.category, point_id: image.point_id,
+          colour: image.colour ? { hex: labToHex(image.colour) } : null, source: "catalogue",
+        };
+      } catch (error) {
+        if (error.status !== 404) throw error;
+      }
+    }
+    return null;
+  }
+
   /** An <img> showing a /v1 image: a plain src, or fetched with the key into a blob URL (img cannot send headers). */
   function setImage(img, url) {
     if (!storedKey()) {
@@ -88,6 +140,8 @@
   async function loadInfo() {
     try {
       const info = await (await api("/v1/info")).json();
+      serverInfo = info;
+      for (const label of document.querySelectorAll(".pick label")) label.textContent = pickLabel();
       fillCategories(info.categories || []);
       ui.textForm.hidden = !info.text;
       const models = (info.models || []).map((m) => m.model).join(" + ");
@@ -136,6 +190,7 @@
   }
 
   function setBusy(on) {
+    if (on && ui.toast.querySelector(".error")) clearToast(); // a saved answer keeps its Undo through the next search
     busy = on;
     document.body.classList.toggle("busy", on);
     ui.results.setAttribute("aria-busy", String(on));
@@ -156,6 +211,7 @@
     for (const url of blobUrls) URL.revokeObjectURL(url);
     blobUrls = [];
     const groups = (result.groups || []).filter((g) => g.matches.length);
+    answers = [];
     const parts = [];
     if (query.file) parts.push(await photo(query.file, result, groups));
     groups.forEach((group, i) => parts.push(groupSection(group, i, groups.length, query)));
@@ -193,8 +249,16 @@
     section.dataset.confident = String(Boolean(group.confident));
     const title = query.text ? `Products matching “${query.text}”` : count > 1 ? `Product ${index + 1} of ${count}` : "Best matches";
     section.append(make("h2", { textContent: title }));
-    if (query.file) section.append(verdict(group));
-    section.append(make("ol", { className: "cards" }, ...group.matches.map(card)));
+    if (!query.file) {
+      section.append(make("ol", { className: "cards" }, ...group.matches.map((m) => card(m))));
+      return section;
+    }
+    const answer = {
+      file: query.file, box: group.box, answered: group.matches.map((m) => m.product_id), entry: null, saving: false, section,
+    };
+    answers.push(answer);
+    section.append(verdict(group), make("ol", { className: "cards" }, ...group.matches.map((m) => card(m, answer))),
+      answerControls(answer, index));
     return section;
   }
 
@@ -208,20 +272,204 @@
       make("p", { textContent: `Confidence ${percent(group.confidence)}. Compare the photo with these candidates.` }));
   }
 
-  function card(match) {
-    const img = make("img", { alt: `Catalogue image of ${match.product_id}`, loading: "lazy", width: 96, height: 96 });
-    setImage(img, `/v1/images/${encodeURIComponent(match.point_id)}`);
+  /** A product card; with `answer` (a located product of a photo), it has a "This one" button. */
+  function card(match, answer = null) {
+    const store = match.source === "store";
+    const img = make("img", {
+      alt: `${store ? "Store photo" : "Catalogue image"} of ${match.product_id}`, loading: "lazy", width: 96, height: 96,
+    });
+    if (match.point_id) setImage(img, `/v1/images/${encodeURIComponent(match.point_id)}`);
+    else img.classList.add("missing");
     const details = make("div", { className: "details" },
       make("span", { className: "product-id", textContent: match.product_id }),
-      make("span", { className: "category", textContent: match.category || "No category" }),
-      make("span", { className: "score", textContent: `Score ${match.score.toFixed(3)}` }));
+      make("span", { className: "category", textContent: match.category || "No category" }));
+    if (store) {
+      details.append(make("span", {
+        className: "badge", textContent: "store photo", title: "Matched through a store photo that staff confirmed",
+      }));
+    }
+    if (match.score != null) details.append(make("span", { className: "score", textContent: `Score ${match.score.toFixed(3)}` }));
     if (match.colour) {
       const hex = match.colour.hex;
       details.append(make("span", { className: "colour" },
         make("span", { className: "swatch", title: `Dominant colour ${hex}`, style: `background:${hex}` }),
         make("span", { textContent: hex })));
     }
-    return make("li", { className: "card" }, make("span", { className: "rank", textContent: String(match.rank) }), img, details);
+    if (answer) {
+      const button = make("button", { type: "button", className: "this-one", textContent: "This one" });
+      button.dataset.product = match.product_id;
+      button.setAttribute("aria-pressed", "false");
+      button.setAttribute("aria-label", `This one: ${match.product_id}`);
+      button.addEventListener("click", () => {
+        if (button.getAttribute("aria-pressed") === "true") undo(answer, answer.entry);
+        else save(answer, match.product_id);
+      });
+      details.append(button);
+    }
+    const item = make("li", { className: "card" });
+    if (match.rank != null) item.append(make("span", { className: "rank", textContent: String(match.rank) }));
+    item.append(img, details);
+    return item;
+  }
+
+  // -- answers: confirm, not in the catalogue, pick another product, undo ---------------------------
+
+  /** Below a located product's cards: "Not in catalogue" and "Pick another product". */
+  function answerControls(answer, index) {
+    const notHere = make("button", { type: "button", className: "not-in-catalogue", textContent: "Not in catalogue" });
+    notHere.setAttribute("aria-pressed", "false");
+    notHere.addEventListener("click", () => {
+      if (notHere.getAttribute("aria-pressed") === "true") undo(answer, answer.entry);
+      else save(answer, null);
+    });
+
+    const id = `pick-${index}`;
+    const input = make("input", { id, type: "search", maxLength: 300, required: true, autocomplete: "off" });
+    const note = make("p", { className: "pick-note quiet", role: "status" });
+    const picks = make("ol", { className: "cards picks" });
+    const form = make("form", { className: "pick-form" },
+      make("label", { htmlFor: id, textContent: pickLabel() }),
+      make("div", { className: "row" }, input, make("button", { type: "submit", textContent: "Find" })),
+      note);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      pick(answer, input.value.trim(), picks, note);
+    });
+    const details = make("details", { className: "pick" }, make("summary", { textContent: "Pick another product" }), form, picks);
+    details.addEventListener("toggle", () => { if (details.open) input.focus(); });
+
+    return make("div", { className: "answer" },
+      make("div", { className: "row" }, notHere),
+      details,
+      make("p", { className: "saved-note", role: "status" }));
+  }
+
+  const pickLabel = () => (serverInfo.text ? "Product id or description" : "Product id");
+
+  /** The products a staff member looks for: the one with that id, else (text models) those matching it as a description. */
+  async function pick(answer, text, list, note) {
+    if (!text) return;
+    note.textContent = "Looking…";
+    list.replaceChildren();
+    try {
+      let matches = [];
+      const product = await findProduct(text);
+      if (product) matches = [product];
+      else if (serverInfo.text) {
+        const body = JSON.stringify({ text, top_k: PICKS });
+        const found = await (await api("/v1/search/text", { method: "POST", headers: { "Content-Type": "application/json" }, body })).json();
+        matches = found.matches.map(({ rank, ...match }) => match);
+      }
+      list.replaceChildren(...matches.map((m) => card(m, answer)));
+      mark(answer);
+      note.textContent = !matches.length ? `No product “${text}” in the catalogue.`
+        : product ? "Is this it? Press “This one” to save it." : `${matches.length} products match “${text}”: press “This one” on the right one.`;
+    } catch (error) {
+      note.textContent = error.message;
+    }
+  }
+
+  /** Record `productId` (null: not in the catalogue) as what the answer's photo shows. */
+  async function save(answer, productId) {
+    if (answer.saving) return;
+    answer.saving = true;
+    answer.section.setAttribute("aria-busy", "true");
+    try {
+      const entry = await postFeedback(answer, productId);
+      for (const other of answers) { // one entry per photo: another product of this photo may have been replaced
+        if (other !== answer && other.entry && entry.replaced && other.entry.id === entry.replaced.id) {
+          other.entry = null;
+          mark(other);
+        }
+      }
+      answer.entry = entry;
+      mark(answer);
+      toast(`Saved: ${described(entry)}`, { undo: () => undo(answer, entry) });
+    } catch (error) {
+      feedbackFailed(error, () => save(answer, productId));
+    } finally {
+      answer.saving = false;
+      answer.section.setAttribute("aria-busy", "false");
+    }
+  }
+
+  async function undo(answer, entry) {
+    if (!entry) return;
+    try {
+      await deleteFeedback(entry.id);
+    } catch (error) {
+      if (error.status !== 404) { // 404: already gone, which is what was asked
+        feedbackFailed(error, () => undo(answer, entry));
+        return;
+      }
+    }
+    if (answer.entry && answer.entry.id === entry.id) {
+      answer.entry = null;
+      mark(answer);
+    }
+    toast(`Undone: ${described(entry)} is no longer saved.`, { focus: ui.toast.contains(document.activeElement) });
+  }
+
+  function feedbackFailed(error, retry) {
+    if (error.status === 401) {
+      pendingSave = retry;
+      askForFeedbackKey(error.message);
+    } else {
+      toast(error.message, { error: true });
+    }
+  }
+
+  const described = (entry) => (entry.product_id == null ? "not in catalogue"
+    : `${entry.product_id}${entry.verdict === "corrected" ? " (corrected)" : ""}`);
+
+  /** Show a located product's answer: the pressed card or button, and a line saying what was saved. */
+  function mark(answer) {
+    const entry = answer.entry;
+    for (const button of answer.section.querySelectorAll("button.this-one")) {
+      const on = Boolean(entry) && entry.product_id === button.dataset.product;
+      button.setAttribute("aria-pressed", String(on));
+      button.textContent = on ? "✓ Saved" : "This one";
+      button.closest(".card").classList.toggle("confirmed", on);
+    }
+    const notHere = answer.section.querySelector("button.not-in-catalogue");
+    if (notHere) {
+      const on = Boolean(entry) && entry.product_id == null;
+      notHere.setAttribute("aria-pressed", String(on));
+      notHere.textContent = on ? "✓ Not in catalogue" : "Not in catalogue";
+    }
+    answer.section.dataset.answer = entry ? entry.verdict : "";
+    const note = answer.section.querySelector(".saved-note");
+    if (note) note.textContent = entry ? `Saved: ${described(entry)}.` : "";
+  }
+
+  /** The banner at the bottom: a saved answer with its Undo, or a feedback error. */
+  function toast(message, { undo: onUndo = null, error = false, focus = false } = {}) {
+    const close = make("button", { type: "button", className: "close", textContent: "×", title: "Dismiss" });
+    close.setAttribute("aria-label", "Dismiss");
+    close.addEventListener("click", clearToast);
+    const body = make("div", { className: `toast${error ? " error" : ""}`, ...(error ? { role: "alert" } : {}) },
+      make("p", { textContent: message }));
+    if (onUndo) {
+      const undoButton = make("button", { type: "button", className: "undo", textContent: "Undo" });
+      undoButton.addEventListener("click", onUndo);
+      body.append(undoButton);
+    }
+    body.append(close);
+    ui.toast.replaceChildren(body);
+    if (focus) close.focus();
+  }
+
+  function clearToast() {
+    const had = ui.toast.contains(document.activeElement);
+    ui.toast.replaceChildren();
+    if (had) ui.results.querySelector("button.this-one")?.focus();
+  }
+
+  function askForFeedbackKey(reason) {
+    ui.feedbackKeyReason.textContent = reason;
+    ui.feedbackKeyForm.hidden = false;
+    ui.feedbackKey.value = "";
+    ui.feedbackKey.focus();
   }
 
   function summary(groups, query) {
@@ -254,6 +502,23 @@
   const percent = (p) => (p == null ? "unknown" : `${Math.round(p * 100)} %`);
   const capitalise = (s) => s.charAt(0).toUpperCase() + s.slice(1);
 
+  /** A CIELAB (D65) colour as sRGB '#rrggbb', as the server's lab_to_hex (out-of-gamut colours clipped). */
+  function labToHex({ L, a, b }) {
+    const fy = (L + 16) / 116;
+    const inverse = (f) => (f ** 3 > 216 / 24389 ? f ** 3 : (116 * f - 16) / (24389 / 27));
+    const [x, y, z] = [0.95047 * inverse(fy + a / 500), inverse(fy), 1.08883 * inverse(fy - b / 200)];
+    const linear = [
+      3.2404542 * x - 1.5371385 * y - 0.4985314 * z,
+      -0.969266 * x + 1.8760108 * y + 0.041556 * z,
+      0.0556434 * x - 0.2040259 * y + 1.0572252 * z,
+    ];
+    return `#${linear.map((c) => {
+      const v = Math.min(1, Math.max(0, c));
+      const s = v <= 0.0031308 ? 12.92 * v : 1.055 * v ** (1 / 2.4) - 0.055;
+      return Math.round(Math.min(1, Math.max(0, s)) * 255).toString(16).padStart(2, "0");
+    }).join("")}`;
+  }
+
   function photoFrom(input) {
     const file = input.files && input.files[0];
     input.value = ""; // the same photo can be chosen again
@@ -274,9 +539,23 @@
     if (text) search({ text });
   });
 
+  ui.feedbackKeyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    storeKey(FEEDBACK_KEY_STORAGE, ui.feedbackKey.value.trim());
+    ui.feedbackKeyForm.hidden = true;
+    const retry = pendingSave;
+    pendingSave = null;
+    if (retry) retry();
+  });
+  ui.feedbackKeyCancel.addEventListener("click", () => {
+    ui.feedbackKeyForm.hidden = true;
+    pendingSave = null;
+    ui.results.querySelector("button.this-one")?.focus();
+  });
+
   ui.keyForm.addEventListener("submit", (event) => {
     event.preventDefault();
-    try { localStorage.setItem(KEY_STORAGE, ui.key.value.trim()); } catch { /* kept for this page only */ }
+    storeKey(KEY_STORAGE, ui.key.value.trim());
     ui.keyForm.hidden = true;
     showError("");
     loadInfo();
