@@ -110,6 +110,26 @@ def test_clip_pixels_equal_the_transformers_processor(settings):
         ours = recipe(image)
         assert ours.shape == expected.shape and ours.dtype == np.float32, name
         assert np.abs(ours - expected).max() <= 1e-6, name
+        _assert_graph_normalises_alike(recipe, recipe.pixels(image), name)
+
+
+def test_centre_square_normalises_alike_per_image_and_in_the_graph():
+    from indexer.encoders.pixels import CentreSquare
+
+    recipe = CentreSquare(224)
+    for name, image in _variants().items():
+        if image.mode == "RGB":
+            _assert_graph_normalises_alike(recipe, recipe.pixels(image), name)
+
+
+def _assert_graph_normalises_alike(recipe, pixels: np.ndarray, name: str) -> None:
+    """An export's graph takes uint8 pixels and normalises them with torch ops: the same floats as numpy's."""
+    import torch
+
+    assert pixels.dtype == np.uint8 and pixels.ndim == 3, name
+    batch = np.stack([pixels, pixels[::-1]])
+    in_graph = recipe.normalise_torch(torch.from_numpy(batch)).numpy()
+    assert in_graph.dtype == np.float32 and np.abs(in_graph - recipe.normalise(batch)).max() <= 1e-6, name
 
 
 def _run_isolated(code: str, **env: str) -> dict:

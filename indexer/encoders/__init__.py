@@ -86,7 +86,8 @@ class Encoder(ABC):
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """The model input for one RGB image, float32 (C, H, W). Thread-safe, CPU only."""
+        """The model input for one RGB image: float32 (C, H, W) for torch, uint8 (H, W, 3) for an
+        exported graph, which normalises the batch itself. Thread-safe, CPU only."""
 
     @abstractmethod
     def _forward(self, batch: np.ndarray) -> np.ndarray:

@@ -25,6 +25,19 @@ class Features(torch.nn.Module):
         return self._features(self.model, pixels)
 
 
+class FromPixels(torch.nn.Module):
+    """What an ONNX export traces: a recipe's normalisation of uint8 (N, H, W, C) pixels, then the network,
+    so the CPU runs one vectorised normalisation per batch inside the graph instead of one per image."""
+
+    def __init__(self, network: torch.nn.Module, recipe):
+        super().__init__()
+        self.network = network
+        self.recipe = recipe
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.network(self.recipe.normalise_torch(pixels))
+
+
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

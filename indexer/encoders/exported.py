@@ -10,7 +10,8 @@ runtime on GPUs and the tool that makes the export.
 An export is two files in a cache folder, named by the model's vector name,
 the revision of this tool's preprocessing for it and a hash of its model id:
 
-    efficientnet-lite0-r2-1a2b3c4d.onnx   the network: fp32, any batch size
+    efficientnet-lite0-r2-1a2b3c4d.onnx   the network: uint8 (N, H, W, 3) pixels in, normalised
+                                          inside, fp32 features out, any batch size
     efficientnet-lite0-r2-1a2b3c4d.json   model_id, dim, revision, preprocessing recipe
 
 Both are written under temporary names and renamed into place, graph first,
@@ -38,7 +39,8 @@ from indexer.encoders.pixels import recipe_from_dict, recipe_to_dict
 from indexer.errors import ModelLoadError, first_line
 
 #: Bumped when the graph's inputs/outputs or the sidecar change meaning: older exports are then ignored.
-EXPORT_FORMAT = 1
+#: 2: the graph takes the recipe's uint8 pixels and normalises them itself (1 took normalised floats).
+EXPORT_FORMAT = 2
 _INPUT, _OUTPUT = "pixel_values", "features"
 #: How far the exported graph's unit vectors may be from torch's before the export is refused.
 _TOLERANCE = 1e-4
@@ -90,6 +92,8 @@ def export_onnx(encoder: Encoder, folder: Path) -> Path:
     """
     import torch
 
+    from indexer.encoders._torch import FromPixels
+
     network = getattr(encoder, "network", None)
     if network is None:
         raise ModelLoadError(f"cannot export {encoder.model_id}: it is not a torch encoder")
@@ -102,16 +106,17 @@ def export_onnx(encoder: Encoder, folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = export_path(folder, encoder.model_id, encoder.revision)
-    shape = recipe(_sample_image()).shape
-    sample = np.random.default_rng(0).uniform(-2, 2, size=(3, *shape)).astype(np.float32)
+    shape = recipe.pixels(_sample_image()).shape
+    sample = np.random.default_rng(0).integers(0, 256, size=(3, *shape), dtype=np.uint8)
     with torch.inference_mode():
-        expected = network(torch.from_numpy(sample)).numpy()
+        expected = network(torch.from_numpy(recipe.normalise(sample))).numpy()
+    graph = FromPixels(network, recipe)
 
     partial = folder / f".{path.name}.{os.getpid()}.partial"
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
-                network,
+                graph,
                 (torch.from_numpy(sample),),
                 dynamo=True,
                 input_names=[_INPUT],
@@ -165,10 +170,11 @@ class OnnxEncoder(Encoder):
         self._session = _session(path, threads=threads)
 
     def preprocess(self, image) -> np.ndarray:
-        return self.recipe(image)
+        """uint8 (H, W, 3): the graph normalises a whole batch at once."""
+        return self.recipe.pixels(image)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run([_OUTPUT], {_INPUT: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return self._session.run([_OUTPUT], {_INPUT: np.ascontiguousarray(batch, dtype=np.uint8)})[0]
 
 
 def cpu_count() -> int:

@@ -3,7 +3,11 @@
 The ONNX runtime path must not import torch or transformers (together over
 2 s of start-up), so each backbone's preprocessing is written here as a small
 recipe: plain data that an export records in its sidecar, and a call that
-turns one RGB image into the model's (C, H, W) float32 input.
+turns one RGB image into the model's (C, H, W) float32 input. The call is two
+steps, kept apart so the costly one runs per image and the cheap one per
+batch: `pixels` (resize and crop: uint8 (H, W, 3), in worker threads) and
+`normalise` (a stacked uint8 batch to float32 (N, C, H, W)); an exported
+graph takes the uint8 batch and normalises inside (`exported.py`).
 
 - `CentreSquare`: EfficientNet-Lite's transform; the torch encoder uses it too.
 - `ClipPixels`: transformers' `CLIPImageProcessorPil` step for step (same
@@ -30,6 +34,10 @@ class CentreSquare:
     std: float = 128.0
 
     def __call__(self, image: Image.Image) -> np.ndarray:
+        return self.normalise(self.pixels(image)[None])[0]
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The resized centre square, uint8 (size, size, 3)."""
         width, height = image.size
         crop = min(width, height)
         left, top = (width - crop) / 2, (height - crop) / 2
@@ -38,8 +46,15 @@ class CentreSquare:
             Image.Resampling.BICUBIC,
             box=(left, top, left + crop, top + crop),
         )
-        pixels = np.asarray(resized, dtype=np.float32)
-        return ((pixels - self.mean) / self.std).transpose(2, 0, 1)
+        return np.asarray(resized)
+
+    def normalise(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) from `pixels` to the model's float32 (N, 3, H, W)."""
+        return ((batch.astype(np.float32) - self.mean) / self.std).transpose(0, 3, 1, 2)
+
+    def normalise_torch(self, batch):
+        """`normalise` in torch ops: what an exported graph runs on its uint8 input."""
+        return ((batch.float() - self.mean) / self.std).permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -96,15 +111,23 @@ class ClipPixels:
         )
 
     def __call__(self, image: Image.Image) -> np.ndarray:
+        return self.normalise(self.pixels(image)[None])[0]
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """Resized and centre-cropped, uint8 (H, W, C)."""
         if self.do_convert_rgb:
             image = _to_rgb(image)
         if self.do_resize:
             image = image.resize(self.resized_size(image.size), resample=self.resample)
         pixels = np.asarray(image)
         pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
-        pixels = pixels.transpose(2, 0, 1)
         if self.do_center_crop:
-            pixels = _centre_crop(pixels, self.crop_height, self.crop_width)
+            pixels = _centre_crop(pixels.transpose(2, 0, 1), self.crop_height, self.crop_width).transpose(1, 2, 0)
+        return pixels
+
+    def normalise(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) from `pixels` to float32 (N, C, H, W), in the processor's float steps."""
+        pixels = batch.transpose(0, 3, 1, 2)
         if self.do_rescale:
             pixels = (pixels.astype(np.float64) * self.rescale_factor).astype(np.float32)
         if self.do_normalize:
@@ -113,6 +136,20 @@ class ClipPixels:
             std = np.asarray(self.image_std, dtype=np.float32)[:, None, None]
             pixels = (pixels - mean) / std
         return pixels.astype(np.float32, copy=False)
+
+    def normalise_torch(self, batch):
+        """`normalise` in torch ops: what an exported graph runs on its uint8 input."""
+        import torch
+
+        pixels = batch.permute(0, 3, 1, 2)
+        if self.do_rescale:
+            pixels = (pixels.double() * self.rescale_factor).float()
+        pixels = pixels.float()
+        if self.do_normalize:
+            mean = torch.tensor(self.image_mean, dtype=torch.float32)[:, None, None]
+            std = torch.tensor(self.image_std, dtype=torch.float32)[:, None, None]
+            pixels = (pixels - mean) / std
+        return pixels
 
     def resized_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(width, height) after the resize, rounded as transformers rounds it."""
