@@ -739,11 +739,16 @@ def serve(
 @click.argument("dam", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--count", type=click.IntRange(1), default=300, show_default=True, help="Photos to make.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same photos.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same products and photos.")
+@click.option(
+    "--view-seed",
+    type=int,
+    help="Shoot the products --seed picks in another, independent way (a second visit: other pose, light, clutter).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def synthesize(dam, out, count, seed, as_json, quiet) -> None:
+def synthesize(dam, out, count, seed, view_seed, as_json, quiet) -> None:
     """Make store-like test photos from the catalogue images in DAM, with their ground truth.
 
     Each photo is one catalogue product cut out of its backdrop, shrunk,
@@ -759,9 +764,17 @@ def synthesize(dam, out, count, seed, as_json, quiet) -> None:
     from search.synthetic import write_synthetic_queries
 
     with progress_bar(count, "synthesizing", enabled=not quiet) as bar:
-        written = write_synthetic_queries(dam, out, count=count, seed=seed, progress=bar.update)
+        written = write_synthetic_queries(dam, out, count=count, seed=seed, view_seed=view_seed, progress=bar.update)
     if as_json:
-        emit_json({"photos": written, "folder": str(out), "ground_truth": str(out / "ground_truth.csv"), "seed": seed})
+        emit_json(
+            {
+                "photos": written,
+                "folder": str(out),
+                "ground_truth": str(out / "ground_truth.csv"),
+                "seed": seed,
+                "view_seed": view_seed,
+            }
+        )
     else:
         click.echo(f"Wrote {written} photos and {out / 'ground_truth.csv'}")
 

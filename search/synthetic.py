@@ -24,9 +24,18 @@ FILLER_POOL = 400
 
 
 def write_synthetic_queries(
-    dam: Path, out: Path, *, count: int, seed: int = 0, progress: Callable[[int], object] | None = None
+    dam: Path,
+    out: Path,
+    *,
+    count: int,
+    seed: int = 0,
+    view_seed: int | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> int:
-    """Write `count` photos and `ground_truth.csv` (query,reference) into `out`; returns how many."""
+    """Write `count` photos and `ground_truth.csv` (query,reference) into `out`; returns how many.
+
+    `seed` picks the products; `view_seed` (default: `seed`) how each is shot. The same seed with
+    another view seed photographs the same products again, independently (a second store visit)."""
     images = scan(dam).images
     if len(images) < 2:
         raise BadInputError(f"{dam}: needs at least two catalogue images (a target and some clutter)")
@@ -41,8 +50,9 @@ def write_synthetic_queries(
             fillers.append((source.relative, load_rgb(source.path)))
         except BadInputError:
             continue
+    views = rng if view_seed is None else np.random.default_rng([seed, view_seed])
     try:
-        return _write(targets, fillers, out, rng, progress)
+        return _write(targets, fillers, out, views, progress)
     except OSError as exc:
         raise BadInputError(f"cannot write to {out}: {exc.strerror or exc}") from None
 

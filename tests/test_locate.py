@@ -235,3 +235,12 @@ def test_synthesize_writes_photos_and_ground_truth_that_eval_reads(cli, dam, tmp
     again = tmp_path / "again"
     cli("search", "synthesize", dam, again, "--count", "5", "--seed", "3")
     assert (again / "ground_truth.csv").read_text() == (out / "ground_truth.csv").read_text()
+
+
+def test_a_view_seed_shoots_the_same_products_again_differently(cli, dam, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    cli("search", "synthesize", dam, first, "--count", "4", "--seed", "3")
+    cli("search", "synthesize", dam, second, "--count", "4", "--seed", "3", "--view-seed", "1")
+    assert (first / "ground_truth.csv").read_text() == (second / "ground_truth.csv").read_text()
+    for name in ("synthetic-0000.jpg", "synthetic-0003.jpg"):
+        assert (first / name).read_bytes() != (second / name).read_bytes()

@@ -32,6 +32,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -286,6 +287,7 @@ def create_app(
         box: str | None = Query(None, description="x0,y0,x1,y1: where the product is, in pixels of the photo as decoded."),
         answered: str | None = Query(None, description="Comma-separated product ids the search answered, best first."),
         by: str | None = Query(None, max_length=MAX_BY, description="Who confirmed (a staff or device id)."),
+        origin: Literal["api", "page"] = Query("api", description="page: sent by the staff page."),
     ):
         from indexer.feedback import parse_box
 
@@ -297,7 +299,7 @@ def create_app(
         if product_id and service.ready.is_set() and not service.has_product(product_id):
             raise ApiError(404, f"no product {product_id[:80]!r} in collection {service.config.collection!r}")
         return await asyncio.wrap_future(
-            service.submit(service.record_feedback, data, name, product_id or None, located, shown, by)
+            service.submit(service.record_feedback, data, name, product_id or None, located, shown, by, origin)
         )
 
     @app.get(FEEDBACK_PATH, tags=["feedback"], summary="The recorded feedback, newest first.")

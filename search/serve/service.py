@@ -206,6 +206,8 @@ class Service:
 
     def product(self, product_id: str) -> dict | None:
         """A product's payload, its catalogue images and its store views (newest first)."""
+        from indexer.colour import lab_to_hex
+
         catalogue = self.searcher.catalogue
         points = catalogue.scroll((PATH, CATEGORY, META, COLOUR, SOURCE, FEEDBACK), ((PRODUCT_ID, product_id),))
         images, views = [], []
@@ -218,11 +220,12 @@ class Service:
         first = images[0][1]
 
         def describe(pid: str, payload: dict) -> dict:
+            dominant = (payload.get(COLOUR) or {}).get("dominant")
             return {
                 "point_id": pid,
                 "path": payload.get(PATH),
                 "url": f"/v1/images/{pid}",
-                "colour": (payload.get(COLOUR) or {}).get("dominant"),
+                "colour": None if not dominant else {**dominant, "hex": lab_to_hex([dominant[c] for c in "Lab"])},
             }
 
         return {
@@ -258,8 +261,10 @@ class Service:
 
     # -- feedback: confirmed photos become store views -------------------------------------------
 
-    def record_feedback(self, data: bytes, name: str, product_id: str | None, box, answered, by: str | None) -> dict:
-        recorded = self.views.record(data, name=name, product_id=product_id, box=box, answered=answered, origin="api", by=by)
+    def record_feedback(
+        self, data: bytes, name: str, product_id: str | None, box, answered, by: str | None, origin: str = "api"
+    ) -> dict:
+        recorded = self.views.record(data, name=name, product_id=product_id, box=box, answered=answered, origin=origin, by=by)
         return recorded.to_dict()
 
     def has_product(self, product_id: str) -> bool:

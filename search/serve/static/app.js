@@ -95,6 +95,7 @@
     else params.set("not_in_catalogue", "true");
     if (answer.box) params.set("box", answer.box.map((v) => Math.round(v)).join(","));
     params.set("answered", answer.answered.join(","));
+    params.set("origin", "page");
     const form = new FormData();
     form.append("image", answer.file, answer.file.name || "photo.jpg");
     const response = await api(`/v1/feedback?${params}`, { method: "POST", body: form }, { feedback: true });
@@ -113,7 +114,7 @@
         const image = product.images[0] || {};
         return {
           product_id: product.product_id, category: product.category, point_id: image.point_id,
-          colour: image.colour ? { hex: labToHex(image.colour) } : null, source: "catalogue",
+          colour: image.colour, source: "catalogue",
         };
       } catch (error) {
         if (error.status !== 404) throw error;
@@ -501,23 +502,6 @@
   const pct = (fraction) => `${(fraction * 100).toFixed(3)}%`;
   const percent = (p) => (p == null ? "unknown" : `${Math.round(p * 100)} %`);
   const capitalise = (s) => s.charAt(0).toUpperCase() + s.slice(1);
-
-  /** A CIELAB (D65) colour as sRGB '#rrggbb', as the server's lab_to_hex (out-of-gamut colours clipped). */
-  function labToHex({ L, a, b }) {
-    const fy = (L + 16) / 116;
-    const inverse = (f) => (f ** 3 > 216 / 24389 ? f ** 3 : (116 * f - 16) / (24389 / 27));
-    const [x, y, z] = [0.95047 * inverse(fy + a / 500), inverse(fy), 1.08883 * inverse(fy - b / 200)];
-    const linear = [
-      3.2404542 * x - 1.5371385 * y - 0.4985314 * z,
-      -0.969266 * x + 1.8760108 * y + 0.041556 * z,
-      0.0556434 * x - 0.2040259 * y + 1.0572252 * z,
-    ];
-    return `#${linear.map((c) => {
-      const v = Math.min(1, Math.max(0, c));
-      const s = v <= 0.0031308 ? 12.92 * v : 1.055 * v ** (1 / 2.4) - 0.055;
-      return Math.round(Math.min(1, Math.max(0, s)) * 255).toString(16).padStart(2, "0");
-    }).join("")}`;
-  }
 
   function photoFrom(input) {
     const file = input.files && input.files[0];
