@@ -15,6 +15,7 @@ converges: written points are unchanged next time, the rest is redone.
 from __future__ import annotations
 
 import hashlib
+import queue
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -357,17 +358,34 @@ def _encode_all(
     colours: int,
     progress: Callable[[int], object] | None,
 ) -> None:
-    """Stream the images to encode through worker threads into model batches and upserts."""
+    """Stream the images to encode through worker threads into model batches and upserts.
+
+    Batches go to the encoders' lanes (`Encoder.lanes`): on the CPU one single-threaded forward per
+    core, each on its own batch, while the workers prepare the next images; points are upserted in
+    order as their batches come back. `encode` sums the forwards' wall time over the lanes.
+    """
     stages = dict.fromkeys(("read", "decode", "colour", "preprocess", "encode", "upsert"), 0.0)
     vector_names = [e.spec.vector for e in encoders]
     batch_size = max((e.batch_size for e in encoders), default=32)
+    lanes = [encoder.lanes() for encoder in encoders]
+    count = min((len(lane) for lane in lanes), default=1)
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for lane in range(count):
+        free.put(lane)
     batch: list[_Prepared] = []
     started = time.perf_counter()
 
-    def flush() -> None:
-        t0 = time.perf_counter()
-        vectors = [encoder.embed_batch([item.inputs[i] for item in batch]) for i, encoder in enumerate(encoders)]
-        t1 = time.perf_counter()
+    def forward(items: list[_Prepared]) -> tuple[list[np.ndarray], float]:
+        lane = free.get()  # as many forwards at once as there are lanes, each lane on one thread
+        try:
+            t = time.perf_counter()
+            vectors = [embed[lane]([item.inputs[i] for item in items]) for i, embed in enumerate(lanes)]
+            return vectors, time.perf_counter() - t
+        finally:
+            free.put(lane)
+
+    def store(items: list[_Prepared], vectors: list[np.ndarray], seconds: float) -> None:
+        t = time.perf_counter()
         catalogue.upsert(
             [
                 Point(
@@ -375,43 +393,53 @@ def _encode_all(
                     vectors={name: vectors[i][row] for i, name in enumerate(vector_names)},
                     payload={**_metadata_payload(item.source, item.sha256), COLOUR: item.colour},
                 )
-                for row, item in enumerate(batch)
+                for row, item in enumerate(items)
             ]
         )
-        stages["encode"] += t1 - t0
-        stages["upsert"] += time.perf_counter() - t1
-        for item in batch:
+        stages["encode"] += seconds
+        stages["upsert"] += time.perf_counter() - t
+        for item in items:
             if item.source.relative in plan.new:
                 report.added += 1
             else:
                 report.updated += 1
-        report.encoded += len(batch)
+        report.encoded += len(items)
         if progress:
-            progress(len(batch))
-        batch.clear()
+            progress(len(items))
 
     def prepare(job: tuple[SourceImage, str | None]) -> _Prepared:
         return _prepare(job[0], job[1], encoders, colours)
 
-    for item in _bounded_map(prepare, plan.to_encode, workers, window=4 * batch_size):
-        for stage, seconds in item.timings.items():
-            stages[stage] += seconds
-        if item.inputs is not None:
-            batch.append(item)
-            if len(batch) >= batch_size:
-                flush()
-            continue
-        if item.error is not None:
-            # Reported, and a point it had stays: a file unreadable this time (a glitch, a file being
-            # copied, a mount going away) must not lose its last good point. The next sync tries again.
-            report.failed.append((item.source.relative, item.error))
-        else:
-            catalogue.set_payload([point_id(item.source.relative)], _metadata_payload(item.source, item.sha256))
-            report.unchanged += 1
-        if progress:
-            progress(1)
-    if batch:
-        flush()
+    in_flight: deque = deque()  # (items, future) in order
+
+    def collect(keep: int) -> None:
+        while len(in_flight) > keep:
+            items, future = in_flight.popleft()
+            store(items, *future.result())
+
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="forward") as model:
+        for item in _bounded_map(prepare, plan.to_encode, workers, window=4 * batch_size):
+            for stage, seconds in item.timings.items():
+                stages[stage] += seconds
+            if item.inputs is not None:
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    in_flight.append((batch, model.submit(forward, batch)))
+                    batch = []
+                    collect(keep=count)
+                continue
+            if item.error is not None:
+                # Reported, and a point it had stays: a file unreadable this time (a glitch, a file being
+                # copied, a mount going away) must not lose its last good point. The next sync tries again.
+                report.failed.append((item.source.relative, item.error))
+            else:
+                catalogue.set_payload([point_id(item.source.relative)], _metadata_payload(item.source, item.sha256))
+                report.unchanged += 1
+            if progress:
+                progress(1)
+        if batch:
+            in_flight.append((batch, model.submit(forward, batch)))
+        collect(keep=0)
     stages["encode_wall"] = time.perf_counter() - started
     report.stages.update(stages)
 

@@ -68,6 +68,23 @@ def test_exported_encoder_gives_torch_vectors(pair, images, request):
     assert np.abs(ours - reference).max() <= 1e-4
 
 
+def test_lanes_run_at_once_and_give_the_encoders_vectors(lite0_pair, images):
+    """A sync runs one single-threaded forward per core at once (`OnnxEncoder.lanes`): same vectors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from indexer.encoders.exported import cpu_count
+
+    _, onnx_encoder = lite0_pair
+    lanes = onnx_encoder.lanes()
+    assert len(lanes) == cpu_count()
+    inputs = [onnx_encoder.preprocess(image) for image in images]
+    expected = onnx_encoder.embed_batch(inputs)
+    with ThreadPoolExecutor(len(lanes) + 1) as pool:
+        results = list(pool.map(lambda lane: lane(inputs), [*lanes, lanes[0]]))
+    for vectors in results:
+        assert np.abs(vectors - expected).max() <= 1e-5
+
+
 def _variants() -> dict[str, Image.Image]:
     """Real photos in the shapes that exercise the resize and crop arithmetic."""
     portrait = load_rgb(DATA / "dam" / "M9206UMOSM941.jpeg")

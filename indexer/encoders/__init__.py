@@ -43,7 +43,7 @@ import functools
 import os
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +99,11 @@ class Encoder(ABC):
             return np.zeros((0, self.dim), dtype=np.float32)
         features = self._forward(np.stack(inputs)).astype(np.float32)
         return l2_normalise(features)
+
+    def lanes(self) -> list[Callable[[Sequence[np.ndarray]], np.ndarray]]:
+        """Batch embedders (each like `embed_batch`) that a bulk job such as a sync may run at the same
+        time, one thread each, to use the machine best. This encoder alone unless a runtime knows better."""
+        return [self.embed_batch]
 
     def embed(self, images: Iterable[Image.Image]) -> np.ndarray:
         """Unit vectors for RGB images, in batches of `batch_size`."""
