@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from conftest import DATA
 from PIL import Image, ImageDraw
@@ -76,25 +78,49 @@ def test_dark_studio_backdrops_are_removed_too():
     assert palette.foreground_share < 0.3
 
 
-def test_palette_clustering_equals_scipys_kmeans2_on_real_catalogue_shots():
-    """The numpy k-means (kept off the search path's start-up) gives kmeans2's clusters and weights exactly."""
+def _catalogue_shots() -> list[Path]:
+    paths = sorted((DATA / "dam").glob("*.jpeg")) + sorted((DATA / "catalogue").glob("*.jpeg"))
+    assert len(paths) > 30
+    return paths
+
+
+def test_weighted_clustering_equals_scipys_kmeans2_on_the_expanded_pixels():
+    """k-means on the colour bins, each weighing its pixel count, is k-means on the pixels themselves:
+    kmeans2 from the same start, on every bin repeated as often as it has pixels, gives the same
+    clusters and weights."""
     import warnings
 
     from scipy.cluster.vq import kmeans2
 
-    from indexer.colour import ANALYSIS_SIZE, _kmeans
+    from indexer.colour import _bin_index, _binned_lab, _kmeans_plus_plus, _lloyd, thumbnail
 
-    paths = sorted((DATA / "dam").glob("*.jpeg")) + sorted((DATA / "catalogue").glob("*.jpeg"))
-    assert len(paths) > 30
-    for path in paths:
-        small = load_rgb(path)
-        small.thumbnail((ANALYSIS_SIZE, ANALYSIS_SIZE), Image.Resampling.BILINEAR)
-        lab = srgb_to_lab(np.asarray(small))
-        pixels = lab[foreground_mask(lab)]
-        ours, weights = _kmeans(pixels, 3, seed=0)
+    for path in _catalogue_shots():
+        rgb = np.asarray(thumbnail(load_rgb(path)))
+        bins = _bin_index(rgb)
+        mask = foreground_mask(srgb_to_lab(rgb))
+        lab, counts = _binned_lab(rgb[mask], bins[mask])
+        start = _kmeans_plus_plus(lab, counts, 3, seed=0)
+        ours, labels = _lloyd(lab, counts, start)
+        pixels = np.repeat(lab, counts.astype(int), axis=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            theirs, labels = kmeans2(pixels, 3, iter=20, minit="++", seed=0)
-        counts = np.bincount(labels, minlength=3)
-        assert np.allclose(ours, theirs[counts > 0], atol=1e-9), path.name
-        assert np.allclose(weights, counts[counts > 0] / counts.sum()), path.name
+            theirs, their_labels = kmeans2(pixels, start.copy(), iter=20, minit="matrix")
+        assert np.allclose(ours, theirs, atol=1e-9), path.name
+        mass = np.bincount(labels, weights=counts, minlength=3)
+        assert np.array_equal(mass, np.bincount(their_labels, minlength=3)), path.name
+
+
+def test_restarts_keep_the_tightest_clustering():
+    from indexer.colour import _weighted_kmeans
+
+    rng = np.random.default_rng(0)
+    points = np.concatenate(
+        [rng.normal(centre, 3.0, (40, 3)) for centre in ((20, 0, 0), (60, 30, 10), (80, -20, 40), (50, 0, -40))]
+    )
+    weights = rng.integers(1, 20, len(points)).astype(float)
+
+    def inertia(centres):
+        return (((points[:, None] - centres[None]) ** 2).sum(axis=2).min(axis=1) * weights).sum()
+
+    single = [inertia(_weighted_kmeans(points, weights, 3, seed)[0]) for seed in range(5)]
+    assert np.isclose(inertia(_weighted_kmeans(points, weights, 3, 0, restarts=5)[0]), min(single))
