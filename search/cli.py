@@ -481,8 +481,8 @@ def _print_evaluation(evaluation, collection, searcher, shown, best, sweep) -> N
     m = evaluation.metrics(shown)
     if m["top1_through_store_view"]:
         click.echo(f"{m['top1_through_store_view']} right top-1 answer(s) won through a store view ({shown})")
-    if evaluation.absent_scores:
-        click.echo(f"{len(evaluation.absent_scores)} photo(s) of products not in the catalogue: counted for the confidence only")
+    if evaluation.absent_signals:
+        click.echo(f"{len(evaluation.absent_signals)} photo(s) of products not in the catalogue: counted for the confidence only")
 
     def fmt(value):
         return "-" if value is None else f"{value:.3f}"

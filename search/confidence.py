@@ -1,99 +1,142 @@
 """How sure is the top answer? A calibrated probability that the first product is right.
 
-Two signals: the top product's score and its margin over the second. A
-photo of a product that is not in the catalogue still gets a top-1; its
-margin is small, because nothing stands out. A logistic regression turns the
-two into a probability, fitted on labelled photos: each photo once as it is
-(right or wrong top-1) and once with its true products hidden from the
-ranking (the "not in catalogue" case, always wrong). `search eval
---calibrate` fits it on your photos and stores it in the collection; until
+A photo of a product that is not in the catalogue still gets a top-1, so
+the score alone says little. The signals, for the first product:
+
+- `top`: its score, and `margin`: how far it leads the second;
+- `views_agree`: the share of the photo's views (whole, centre, cut-out) whose
+  own nearest product it is: a right answer is seen the same from each view;
+- `encoders_agree`: mean over the encoders of 1 / its rank under that encoder
+  alone: a right answer tends to be first for every model of the ensemble;
+- `colour_agree`: 1 when its dominant colour equals the photo's, falling to 0
+  at `COLOUR_SCALE` delta E.
+
+A logistic regression turns them into a probability, fitted on labelled
+photos: each photo once as it is (right or wrong top-1), once with its true
+products hidden (the "not in catalogue" case, always wrong), and every photo
+staff marked "not in the catalogue". `search eval --calibrate` (and
+`--calibrate --feedback`) fits it and stores it in the collection; until
 then the built-in calibration applies (fitted on synthetic store photos of
 the sample catalogue with the offline ensemble: a starting point, not a
-promise).
+promise). Calibrations stored before the agreement signals existed use top
+and margin only, as they were fitted.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 #: Below this probability `search image` says "no confident match".
 DEFAULT_MIN_CONFIDENCE = 0.5
+#: delta E at which colour agreement reaches 0 (the default colour threshold).
+COLOUR_SCALE = 30.0
+SIGNALS = ("top", "margin", "views_agree", "encoders_agree", "colour_agree")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one search saw beyond the scores: each view's and each encoder's own order of products."""
+
+    views: list[list[str]] = field(default_factory=list)  # per view of the photo: products, nearest first
+    encoders: list[list[str]] = field(default_factory=list)  # per encoder alone: products, nearest first
+
+    def views_agree(self, product: str, hidden: frozenset[str] = frozenset()) -> float:
+        if not self.views:
+            return 0.0
+        return sum(_first(order, hidden) == product for order in self.views) / len(self.views)
+
+    def encoders_agree(self, product: str, hidden: frozenset[str] = frozenset()) -> float:
+        if not self.encoders:
+            return 0.0
+        return sum(1.0 / _rank(order, product, hidden) for order in self.encoders) / len(self.encoders)
+
+
+def _first(order: list[str], hidden: frozenset[str]) -> str | None:
+    return next((p for p in order if p not in hidden), None)
+
+
+def _rank(order: list[str], product: str, hidden: frozenset[str]) -> float:
+    visible = [p for p in order if p not in hidden]
+    return float(visible.index(product) + 1) if product in visible else float(len(visible) + 1)
+
+
+def signals(ranked: Sequence, evidence: Evidence | None = None, hidden: Iterable[str] = ()) -> dict[str, float] | None:
+    """The signals of the first product of `ranked` (Match-like rows, best first) once `hidden` products
+    are left out; None when nothing is left."""
+    hidden = frozenset(hidden)
+    rows = [m for m in ranked if m.product_id not in hidden][:2]
+    if not rows:
+        return None
+    top = rows[0]
+    second = rows[1].score if len(rows) > 1 else 0.0
+    found = {"top": float(top.score), "margin": float(top.score - second)}
+    if evidence is not None:
+        found["views_agree"] = evidence.views_agree(top.product_id, hidden)
+        found["encoders_agree"] = evidence.encoders_agree(top.product_id, hidden)
+    distance = getattr(top, "colour_distance", None)
+    found["colour_agree"] = 0.0 if distance is None else max(0.0, 1.0 - float(distance) / COLOUR_SCALE)
+    return found
 
 
 @dataclass(frozen=True)
 class Calibration:
-    weight_top: float
-    weight_margin: float
+    weights: Mapping[str, float]  # signal name -> weight; signals absent from a search count as 0
     bias: float
     source: str  # where the fit came from, shown to users
     samples: int
 
-    def confidence(self, scores: Sequence[float]) -> float | None:
-        """Probability that the first of these ranked product scores is the right product."""
-        if not scores:
+    def confidence(self, found: Mapping[str, float] | None) -> float | None:
+        """Probability that the first product is the right one, from its signals."""
+        if not found:
             return None
-        top, margin = signals(scores)
-        z = self.weight_top * top + self.weight_margin * margin + self.bias
+        z = self.bias + sum(weight * found.get(name, 0.0) for name, weight in self.weights.items())
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
     def to_metadata(self) -> dict:
-        return {
-            "weight_top": self.weight_top,
-            "weight_margin": self.weight_margin,
-            "bias": self.bias,
-            "source": self.source,
-            "samples": self.samples,
-        }
+        return {"weights": dict(self.weights), "bias": self.bias, "source": self.source, "samples": self.samples}
 
     @classmethod
     def from_metadata(cls, data: dict | None) -> Calibration:
         if not data:
             return BUILT_IN
-        return cls(
-            float(data["weight_top"]),
-            float(data["weight_margin"]),
-            float(data["bias"]),
-            str(data["source"]),
-            int(data["samples"]),
-        )
+        if "weights" in data:
+            weights = {str(k): float(v) for k, v in data["weights"].items()}
+        else:  # stored before the agreement signals: top and margin
+            weights = {"top": float(data["weight_top"]), "margin": float(data["weight_margin"])}
+        return cls(weights, float(data["bias"]), str(data["source"]), int(data["samples"]))
 
 
-def signals(scores: Sequence[float]) -> tuple[float, float]:
-    """(top score, margin of the top over the second); a lone product has the margin of its score."""
-    top = float(scores[0])
-    second = float(scores[1]) if len(scores) > 1 else 0.0
-    return top, top - second
-
-
-def fit(samples: Sequence[tuple[Sequence[float], bool]], source: str) -> tuple[Calibration, dict]:
-    """Logistic regression from (ranked scores, top-1 was right) pairs; also returns its quality."""
+def fit(
+    samples: Sequence[tuple[Mapping[str, float], bool]], source: str, names: Sequence[str] = SIGNALS
+) -> tuple[Calibration, dict]:
+    """Logistic regression from (signals, top-1 was right) pairs; also returns its in-sample quality."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    x = np.array([signals(scores) for scores, _ in samples])
+    x = np.array([[found.get(name, 0.0) for name in names] for found, _ in samples], dtype=np.float64)
     y = np.array([bool(right) for _, right in samples])
     if y.all() or not y.any():
         raise ValueError("calibration needs both right and wrong answers among the photos")
-    # Fit on standardised signals (margins are hundredths, scores tenths: one regularisation
-    # strength then suits both), then fold the scaling back into plain weights.
+    # Fit on standardised signals (margins are hundredths, scores tenths, agreements 0..1: one
+    # regularisation strength then suits all), then fold the scaling back into plain weights.
     mean, scale = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-9)
     model = LogisticRegression(C=1.0).fit((x - mean) / scale, y)
     weights = model.coef_[0] / scale
     calibration = Calibration(
-        weight_top=float(weights[0]),
-        weight_margin=float(weights[1]),
-        bias=float(model.intercept_[0] - (weights * mean).sum()),
+        weights={name: round(float(w), 6) for name, w in zip(names, weights)},
+        bias=round(float(model.intercept_[0] - (weights * mean).sum()), 6),
         source=source,
         samples=len(samples),
     )
-    predicted = np.array([calibration.confidence(scores) for scores, _ in samples])
+    predicted = np.array([calibration.confidence(found) for found, _ in samples])
     quality = {
         "samples": len(samples),
         "right": int(y.sum()),
+        "signals": list(names),
         "auc": round(float(roc_auc_score(y, predicted)), 4),
         "accuracy_at_threshold": round(float(((predicted >= DEFAULT_MIN_CONFIDENCE) == y).mean()), 4),
     }
@@ -102,11 +145,9 @@ def fit(samples: Sequence[tuple[Sequence[float], bool]], source: str) -> tuple[C
 
 #: Fitted by `search eval --calibrate` on 600 answers: 300 photos from `search synthesize
 #: ../shared/data/dam --count 300 --seed 0`, each as it is and with its product hidden, searched
-#: with the default pipeline and the offline ensemble (in-sample AUC 0.89). A collection's own
-#: calibration replaces it.
+#: with the default pipeline and the offline ensemble. A collection's own calibration replaces it.
 BUILT_IN = Calibration(
-    weight_top=7.4815,
-    weight_margin=41.9919,
+    weights={"top": 7.4815, "margin": 41.9919},
     bias=-7.6030,
     source="built-in (300 synthetic photos of the sample catalogue, offline ensemble)",
     samples=600,

@@ -26,7 +26,7 @@ from indexer.errors import BadInputError
 from indexer.images import IMAGE_SUFFIXES, load_rgb
 from indexer.store import Filters
 from indexer.store.schema import STORE_SOURCE
-from search.confidence import DEFAULT_MIN_CONFIDENCE
+from search.confidence import DEFAULT_MIN_CONFIDENCE, signals
 from search.options import SearchOptions
 from search.query import Candidate, Match, QueryFeatures, Searcher, rank
 
@@ -60,10 +60,10 @@ class QueryResult:
     photo: Path | None = None
     ranks: dict[str, int | None] = field(default_factory=dict)  # setting name -> rank of first correct
     top: dict[str, list[Match]] = field(default_factory=dict)  # setting name -> top-k shown
-    # setting name -> the two best product scores, as ranked, and with the expected products hidden
-    # (what a photo of a product missing from the catalogue would get): the confidence signals.
-    top_scores: dict[str, list[float]] = field(default_factory=dict)
-    hidden_scores: dict[str, list[float]] = field(default_factory=dict)
+    # setting name -> the confidence signals of the first product as ranked, and with the expected
+    # products hidden (what a photo of a product missing from the catalogue would get).
+    top_signals: dict[str, dict[str, float]] = field(default_factory=dict)
+    hidden_signals: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -75,9 +75,9 @@ class Evaluation:
     skipped: list[tuple[str, str]]  # (query, why)
     missing_references: list[tuple[str, str]]  # (query, reference)
     seconds: float
-    # Photos of products not in the catalogue (staff said so): setting name -> their two best product
-    # scores, one list per photo. Every answer for them is wrong: negatives for the confidence.
-    absent_scores: list[dict[str, list[float]]] = field(default_factory=list)
+    # Photos of products not in the catalogue (staff said so): setting name -> the signals of their
+    # first product, one dict per photo. Every answer for them is wrong: negatives for the confidence.
+    absent_signals: list[dict[str, dict[str, float]]] = field(default_factory=list)
 
     def metrics(self, setting: str) -> dict:
         ranks = [r.ranks[setting] for r in self.results]
@@ -105,11 +105,12 @@ class Evaluation:
                 groups.setdefault(r.category, []).append(r.ranks[setting])
         return {name: summarise(ranks, self.ks) for name, ranks in sorted(groups.items())}
 
-    def calibration_samples(self, setting: str) -> list[tuple[list[float], bool]]:
-        """(scores, top-1 right) for each photo as it is, and with its products hidden (always wrong)."""
-        samples = [(r.top_scores[setting], r.ranks[setting] == 1) for r in self.results if r.top_scores.get(setting)]
-        samples += [(r.hidden_scores[setting], False) for r in self.results if r.hidden_scores.get(setting)]
-        samples += [(scores[setting], False) for scores in self.absent_scores if scores.get(setting)]
+    def calibration_samples(self, setting: str) -> list[tuple[dict[str, float], bool]]:
+        """(signals, top-1 right) for each photo as it is, with its products hidden (always wrong), and
+        for each photo of a product not in the catalogue (always wrong)."""
+        samples = [(r.top_signals[setting], r.ranks[setting] == 1) for r in self.results if r.top_signals.get(setting)]
+        samples += [(r.hidden_signals[setting], False) for r in self.results if r.hidden_signals.get(setting)]
+        samples += [(found[setting], False) for found in self.absent_signals if found.get(setting)]
         return samples
 
     def confidence_quality(self, setting: str, calibration, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict | None:
@@ -121,7 +122,7 @@ class Evaluation:
         labels = [right for _, right in samples]
         if all(labels) or not any(labels):
             return None
-        predicted = [calibration.confidence(scores) for scores, _ in samples]
+        predicted = [calibration.confidence(found) for found, _ in samples]
         right = [p for p, y in zip(predicted, labels) if y]
         wrong = [p for p, y in zip(predicted, labels) if not y]
         return {
@@ -152,15 +153,15 @@ class Evaluation:
                 s.name: {"colour": s.colour, "alpha": s.alpha, "threshold": s.threshold, **self.metrics(s.name)}
                 for s in self.settings
             },
-            "absent": len(self.absent_scores),
+            "absent": len(self.absent_signals),
             "per_query": [
                 {
                     "query": r.query,
                     "expected": r.expected,
                     "category": r.category,
                     "ranks": r.ranks,
-                    "top_scores": {k: [round(v, 6) for v in vals] for k, vals in r.top_scores.items() if k in shown},
-                    "hidden_scores": {k: [round(v, 6) for v in vals] for k, vals in r.hidden_scores.items() if k in shown},
+                    "top_signals": {k: _rounded(v) for k, v in r.top_signals.items() if k in shown},
+                    "hidden_signals": {k: _rounded(v) for k, v in r.hidden_signals.items() if k in shown},
                     "top": {name: [m.to_dict() for m in matches[:top_k]] for name, matches in r.top.items() if name in shown},
                     "seconds": round(r.seconds, 3),
                 }
@@ -169,6 +170,10 @@ class Evaluation:
             "skipped": [{"query": q, "why": why} for q, why in self.skipped],
             "missing_references": [{"query": q, "reference": ref} for q, ref in self.missing_references],
         }
+
+
+def _rounded(found: dict[str, float] | None) -> dict[str, float] | None:
+    return None if found is None else {k: round(v, 6) for k, v in found.items()}
 
 
 def summarise(ranks: list[int | None], ks: tuple[int, ...]) -> dict:
@@ -285,7 +290,7 @@ def evaluate(
     skipped = list(skipped or [])
     missing: list[tuple[str, str]] = []
     results = []
-    absent: list[dict[str, list[float]]] = []
+    absent: list[dict[str, dict[str, float]]] = []
     total = searcher.catalogue.count()
     for query in queries:
         expected = []
@@ -310,6 +315,7 @@ def evaluate(
                 progress(1)
             continue
         everything = searcher.candidates(features, total, (*filters, *query.filters))
+        evidence = searcher.evidence(features, everything)
         result = QueryResult(
             query=query.name, expected=expected, category=references.category.get(expected[0]) if expected else None
         )
@@ -319,17 +325,17 @@ def evaluate(
                 top_k=top_k, candidates=candidates, alpha=setting.alpha, threshold=setting.threshold, colour=setting.colour
             )
             ranked = _ranking(everything, features, options, searcher)
-            result.top_scores[setting.name] = [m.score for m in ranked[:2]]
+            result.top_signals[setting.name] = signals(ranked, evidence)
             if not expected:
                 continue
             result.ranks[setting.name] = _rank_of(ranked, everything, options.candidates, set(expected))
             result.top[setting.name] = ranked[:top_k]
-            result.hidden_scores[setting.name] = [m.score for m in ranked if m.product_id not in expected][:2]
+            result.hidden_signals[setting.name] = signals(ranked, evidence, hidden=expected)
         result.seconds = time.perf_counter() - t0
         if expected:
             results.append(result)
         else:
-            absent.append(result.top_scores)
+            absent.append(result.top_signals)
         if progress:
             progress(1)
     if not results:
@@ -411,7 +417,7 @@ def run_evaluation(
         try:
             calibration, calibrated = fit(
                 evaluation.calibration_samples(shown),
-                source=f"{len(evaluation.results) + len(evaluation.absent_scores)} {source}",
+                source=f"{len(evaluation.results) + len(evaluation.absent_signals)} {source}",
             )
         except ValueError as exc:
             raise BadInputError(f"cannot calibrate on {source}: {exc}") from None

@@ -26,7 +26,7 @@ from indexer.feedback import FeedbackLog
 from indexer.images import load_rgb
 from indexer.store import Catalogue, Filters, Hit, ModelSpec
 from indexer.store.schema import CATALOGUE_SOURCE, CATEGORY, PATH, PRODUCT_ID, SOURCE
-from search.confidence import Calibration
+from search.confidence import Calibration, Evidence, signals
 from search.locate import Localiser, Region
 from search.options import SearchOptions
 from search.rescore import colour_bonus
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 #: Query photos decode at reduced JPEG scale down to this short side.
 QUERY_DECODE_SIDE = 768
 LOCALISERS = ("centre", "none", "proposals", "owlv2")
+#: Candidate points whose stored vectors each view of the photo is compared with (the agreement signal).
+EVIDENCE_POINTS = 50
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class QueryFeatures:
     vectors: list[np.ndarray]  # per encoder: the normalised mean of the region's view vectors
     palette: Palette
     category: str | None = None  # set when the localiser knows the product's category
+    view_vectors: list[np.ndarray] | None = None  # per encoder: (views, dim), each view's own vector
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Candidate:
     dominant_lab: np.ndarray | None
     category: str | None = None
     source: str = CATALOGUE_SOURCE  # "store": a store photo staff confirmed as this product
+    encoder_cosines: tuple[float, ...] = ()  # the cosine under each encoder alone
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,8 @@ class Searcher:
                 mask = product_mask(crop)
                 views.append(on_white(crop, mask))
             t1 = time.perf_counter()
-            vectors = [l2_normalise(found.mean(axis=0)) for found in self._embed_all(views)]
+            per_view = self._embed_all(views)
+            vectors = [l2_normalise(found.mean(axis=0)) for found in per_view]
             t2 = time.perf_counter()
             palette = extract_palette(crop, mask=mask) if mask is not None else extract_palette(image)
             t3 = time.perf_counter()
@@ -245,7 +250,7 @@ class Searcher:
             timings["embed"] += t2 - t1
             timings["colour"] += t3 - t2
             category = localiser.category_of(region.label)
-            found.append(QueryFeatures(region=region, vectors=vectors, palette=palette, category=category))
+            found.append(QueryFeatures(region=region, vectors=vectors, palette=palette, category=category, view_vectors=per_view))
         return found
 
     def _embed_all(self, views: list) -> list[np.ndarray]:
@@ -284,9 +289,43 @@ class Searcher:
             for pid, by_name in stored.items():
                 for i, (spec, vector) in enumerate(zip(self.specs, features.vectors)):
                     scores[pid].setdefault(i, float(np.dot(by_name[spec.vector], vector)))
-        found = [_candidate(hits[pid], float(np.mean(list(by_encoder.values())))) for pid, by_encoder in scores.items()]
+        found = [
+            _candidate(hits[pid], float(np.mean(list(by_encoder.values()))), tuple(by_encoder[i] for i in range(len(self.specs))))
+            for pid, by_encoder in scores.items()
+        ]
         found.sort(key=lambda c: (-c.cosine, c.product_id, c.path))  # ties (identical photos) in a fixed order
         return found[:limit]
+
+    def evidence(self, features: QueryFeatures, found: list[Candidate]) -> Evidence:
+        """Each view's and each encoder's own order of the candidate products (the confidence's agreement
+        signals): views are scored against the stored vectors of the nearest `EVIDENCE_POINTS` candidates."""
+        encoders = []
+        for i in range(len(self.specs)):
+            best: dict[str, float] = {}
+            for c in found:
+                if c.encoder_cosines:
+                    best[c.product_id] = max(best.get(c.product_id, -2.0), c.encoder_cosines[i])
+            encoders.append(sorted(best, key=lambda p: (-best[p], p)))
+        views: list[list[str]] = []
+        nearest = found[:EVIDENCE_POINTS]
+        if features.view_vectors is not None and nearest:
+            stored = self.catalogue.vectors([c.point_id for c in nearest], [s.vector for s in self.specs])
+            kept = [c for c in nearest if c.point_id in stored]
+            if kept:
+                # (views, points): each view's cosine to each point, the mean over encoders.
+                cosines = np.mean(
+                    [
+                        view_vectors @ np.stack([stored[c.point_id][spec.vector] for c in kept]).T
+                        for spec, view_vectors in zip(self.specs, features.view_vectors)
+                    ],
+                    axis=0,
+                )
+                for row in cosines:
+                    best = {}
+                    for c, cosine in zip(kept, row):
+                        best[c.product_id] = max(best.get(c.product_id, -2.0), float(cosine))
+                    views.append(sorted(best, key=lambda p: (-best[p], p)))
+        return Evidence(views=views, encoders=encoders)
 
     def search_image(
         self, image: Image.Image, options: SearchOptions, *, query: str = "image", locate: str | None = None
@@ -309,7 +348,7 @@ class Searcher:
             ranked = rank(
                 found, features.palette, replace(options, top_k=max(options.top_k, 2)), root=self.root, views_root=self.views_root
             )
-            groups.append(self.group(features.region, ranked, options))
+            groups.append(self.group(features.region, ranked, options, self.evidence(features, found)))
             timings["query"] += t1 - t0
             timings["rank"] += time.perf_counter() - t1
         timings["total"] = time.perf_counter() - t
@@ -339,9 +378,9 @@ class Searcher:
         timings = {"embed": embedded, "query": time.perf_counter() - t - embedded, "total": time.perf_counter() - t}
         return SearchResult(query=text, groups=[Group(None, ranked, confidence=None, confident=False)], timings=timings)
 
-    def group(self, region: Region, ranked: list[Match], options: SearchOptions) -> Group:
+    def group(self, region: Region, ranked: list[Match], options: SearchOptions, evidence: Evidence | None = None) -> Group:
         """A located product's group; `ranked` holds at least its two best products, for the margin."""
-        confidence = self.calibration.confidence([m.score for m in ranked])
+        confidence = self.calibration.confidence(signals(ranked, evidence))
         confident = confidence is not None and confidence >= options.min_confidence
         return Group(region, ranked[: options.top_k], confidence=confidence, confident=confident)
 
@@ -367,7 +406,7 @@ class Searcher:
         return images
 
 
-def _candidate(hit: Hit, cosine: float) -> Candidate:
+def _candidate(hit: Hit, cosine: float, encoder_cosines: tuple[float, ...] = ()) -> Candidate:
     return Candidate(
         point_id=hit.id,
         product_id=hit.payload.get(PRODUCT_ID, ""),
@@ -376,6 +415,7 @@ def _candidate(hit: Hit, cosine: float) -> Candidate:
         dominant_lab=hit.dominant_lab,
         category=hit.payload.get(CATEGORY),
         source=hit.payload.get(SOURCE) or CATALOGUE_SOURCE,
+        encoder_cosines=encoder_cosines,
     )
 
 

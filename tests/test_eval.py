@@ -197,13 +197,35 @@ def test_report_renders_in_a_real_browser(cli, labelled, store, tmp_path):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000
 
 
-def test_confidence_is_a_logistic_of_top_score_and_margin():
+def test_confidence_is_a_logistic_of_the_first_products_signals():
+    from search.confidence import Calibration, Evidence, signals
+    from search.query import Match
+
+    def match(product, score, distance):
+        return Match(1, product, score, score, 0.0, distance, "", None)
+
+    ranked = [match("A", 0.8, 15.0), match("B", 0.5, None), match("C", 0.1, None)]
+    evidence = Evidence(views=[["A", "B"], ["B", "A"], ["A", "C"]], encoders=[["A", "B"], ["B", "A"]])
+    found = signals(ranked, evidence)
+    assert found == pytest.approx(
+        {"top": 0.8, "margin": 0.3, "views_agree": 2 / 3, "encoders_agree": (1 + 1 / 2) / 2, "colour_agree": 0.5}
+    )
+    # With A hidden (as if it were not in the catalogue), B answers: first for both encoders and two views.
+    assert signals(ranked, evidence, hidden={"A"}) == pytest.approx(
+        {"top": 0.5, "margin": 0.4, "views_agree": 2 / 3, "encoders_agree": 1.0, "colour_agree": 0.0}
+    )
+    calibration = Calibration(weights={"top": 1.0, "margin": 2.0, "views_agree": 3.0}, bias=-1.0, source="test", samples=2)
+    # z = 1 * 0.8 + 2 * 0.3 + 3 * 2/3 - 1 = 2.4
+    assert calibration.confidence(found) == pytest.approx(1 / (1 + np.exp(-2.4)))
+    assert calibration.confidence(None) is None
+
+
+def test_a_calibration_stored_before_the_agreement_signals_still_reads_top_and_margin():
     from search.confidence import Calibration
 
-    calibration = Calibration(weight_top=1.0, weight_margin=2.0, bias=-1.0, source="test", samples=2)
-    # z = 1 * 0.8 + 2 * (0.8 - 0.5) - 1 = 0.4
-    assert calibration.confidence([0.8, 0.5, 0.1]) == pytest.approx(1 / (1 + np.exp(-0.4)))
-    assert calibration.confidence([]) is None
+    old = Calibration.from_metadata({"weight_top": 1.0, "weight_margin": 2.0, "bias": -1.0, "source": "x", "samples": 4})
+    assert dict(old.weights) == {"top": 1.0, "margin": 2.0}
+    assert old.confidence({"top": 0.8, "margin": 0.3, "views_agree": 1.0}) == pytest.approx(1 / (1 + np.exp(-0.4)))
 
 
 def test_calibrated_search_flags_a_product_missing_from_the_catalogue(cli, labelled, store, tmp_path, dam):
