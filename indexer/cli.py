@@ -278,11 +278,17 @@ def info(qdrant_path, qdrant_url, collection, as_json) -> None:
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
     if not catalogue.exists():
         raise BadInputError(f"no collection '{collection}' in this store; create it with: indexer sync DAM_FOLDER")
+    from indexer.feedback import FeedbackLog
+    from indexer.store.schema import SOURCE, STORE_SOURCE
+
     images = list(catalogue.indexed_images())
     meta = catalogue.record()
+    log = FeedbackLog.of(catalogue.store, collection)
     data = {
         "collection": collection,
         "images": len(images),
+        "store_views": catalogue.count(((SOURCE, STORE_SOURCE),)),
+        "feedback": {"entries": len(log), "folder": str(log.folder)},
         "products": len({i.product_id for i in images}),
         "categories": sorted({i.category for i in images if i.category}),
         "models": meta.get("models", []),
@@ -300,6 +306,9 @@ def info(qdrant_path, qdrant_url, collection, as_json) -> None:
     )
     for m in data["models"]:
         click.echo(f"model       {m['model']}  (vector '{m['vector']}', {m['dim']}-d)")
+    click.echo(
+        f"store views {data['store_views']} (feedback entries: {data['feedback']['entries']} in {data['feedback']['folder']})"
+    )
     if data["categories"]:
         click.echo(f"categories  {', '.join(data['categories'])}")
     storage = data["storage"]

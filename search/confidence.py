@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from search.rescore import DEFAULT_THRESHOLD
+
 #: Below this probability `search image` says "no confident match".
 DEFAULT_MIN_CONFIDENCE = 0.5
-#: delta E at which colour agreement reaches 0 (the default colour threshold).
-COLOUR_SCALE = 30.0
+#: delta E at which colour agreement reaches 0: the default colour threshold, so it does not move with a sweep.
+COLOUR_SCALE = DEFAULT_THRESHOLD
 SIGNALS = ("top", "margin", "views_agree", "encoders_agree", "colour_agree")
 
 

@@ -204,7 +204,7 @@ def test_confidence_is_a_logistic_of_the_first_products_signals():
     def match(product, score, distance):
         return Match(1, product, score, score, 0.0, distance, "", None)
 
-    ranked = [match("A", 0.8, 15.0), match("B", 0.5, None), match("C", 0.1, None)]
+    ranked = [match("A", 0.8, 10.0), match("B", 0.5, None), match("C", 0.1, None)]  # 10 = half the colour scale
     evidence = Evidence(views=[["A", "B"], ["B", "A"], ["A", "C"]], encoders=[["A", "B"], ["B", "A"]])
     found = signals(ranked, evidence)
     assert found == pytest.approx(

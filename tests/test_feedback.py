@@ -77,6 +77,8 @@ def test_list_then_remove_undoes_a_confirmation(synced, cli, store, tmp_path):
     assert [(e["id"], e["product_id"], e["view"]) for e in listed["entries"]] == [(entry["id"], CONFIRMED, True)]
     human = cli("indexer", "feedback", "list", "--qdrant-path", store)
     assert CONFIRMED in human.stdout and "1 entry" in human.stdout
+    info = json.loads(cli("indexer", "info", "--qdrant-path", store, "--json").stdout)
+    assert (info["store_views"], info["feedback"]["entries"], info["images"]) == (1, 1, 16)  # views are not catalogue images
 
     removed = cli("indexer", "feedback", "remove", entry["id"], "--qdrant-path", store)
     assert removed.exit_code == 0 and f"Removed #{entry['id']}" in removed.stdout
