@@ -403,27 +403,57 @@ def feedback_add(
     from indexer.feedback import parse_box
     from indexer.images import read_file
     from search.query import Searcher
-    from search.views import StoreViews
+    from search.serve import handoff
+    from search.views import StoreViews, max_views
 
     if bool(product_id) == not_in_catalogue:
         raise OptionError("say what the photo shows: --product ID, or --not-in-catalogue")
     located = parse_box(box)
     data = read_file(photo, label=str(photo))
-    catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
-    views = StoreViews(catalogue, searcher=Searcher(catalogue, **model_loading(device, runtime, dtype)))
-    recorded = views.record(data, name=str(photo), product_id=product_id, box=located, origin="cli", by=by)
+    server, catalogue = _catalogue_or_server(qdrant_path, qdrant_url, collection)
+    if server is not None:
+        query = {"product_id": product_id, "not_in_catalogue": "true" if not_in_catalogue else None, "by": by}
+        query["box"] = None if located is None else ",".join(map(str, located))
+        recorded = handoff.feedback(server, "POST", "/v1/feedback", {k: v for k, v in query.items() if v}, photo=photo)
+        limit = max_views()
+    else:
+        views = StoreViews(catalogue, searcher=Searcher(catalogue, **model_loading(device, runtime, dtype)))
+        recorded = views.record(data, name=str(photo), product_id=product_id, box=located, origin="cli", by=by).to_dict()
+        limit = views.limit
     if as_json:
-        emit_json(recorded.to_dict())
+        emit_json(recorded)
         return
-    entry = recorded.entry
-    what = f"as {entry.product_id} ({entry.verdict}; the search answered {', '.join(entry.answered[:3]) or 'nothing'})"
-    click.echo(f"Recorded #{entry.id}: {photo} {what if entry.product_id else 'as not in the catalogue'}")
-    if recorded.replaced:
-        click.echo(f"It replaces #{recorded.replaced.id}, which said {recorded.replaced.product_id or 'not in the catalogue'}")
-    if recorded.view:
-        click.echo(f"Store view {recorded.view} added to product {entry.product_id}")
-    if recorded.evicted:
-        click.echo(f"{len(recorded.evicted)} older view(s) of {entry.product_id} dropped (at most {views.limit} per product)")
+    _print_recorded(photo, recorded, limit)
+
+
+def _catalogue_or_server(qdrant_path, qdrant_url, collection):
+    """(None, the collection), or (the search serve holding the embedded store, None): feedback then goes through it."""
+    from indexer.errors import StoreInUse
+
+    try:
+        return None, open_catalogue(qdrant_path, qdrant_url, collection)
+    except StoreInUse as exc:
+        from search.serve import handoff
+
+        server = handoff.server_for(exc)
+        if server is None:
+            raise
+        click.echo(f"(through search serve at {server['url']}, which holds the store)", err=True)
+        return server, None
+
+
+def _print_recorded(photo, recorded: dict, limit: int) -> None:
+    product = recorded["product_id"]
+    answered = ", ".join(recorded["answered"][:3]) or "nothing"
+    what = f"as {product} ({recorded['verdict']}; the search answered {answered})" if product else "as not in the catalogue"
+    click.echo(f"Recorded #{recorded['id']}: {photo} {what}")
+    replaced = recorded["replaced"]
+    if replaced:
+        click.echo(f"It replaces #{replaced['id']}, which said {replaced['product_id'] or 'not in the catalogue'}")
+    if recorded["view"]:
+        click.echo(f"Store view {recorded['view']} added to product {product}")
+    if recorded["evicted_views"]:
+        click.echo(f"{len(recorded['evicted_views'])} older view(s) of {product} dropped (at most {limit} per product)")
 
 
 @feedback.command(name="list")
@@ -436,32 +466,41 @@ def feedback_list(product_id, limit, qdrant_path, qdrant_url, collection, as_jso
     """Show the recorded feedback, newest first, and which entries are store views now."""
     from search.views import StoreViews
 
-    views = StoreViews(open_catalogue(qdrant_path, qdrant_url, collection))
-    entries = views.log.entries(product_id)
-    active = views.has_view(entries) if views.catalogue.exists() else {}
-    if as_json:
-        emit_json(
-            {"folder": str(views.log.folder), "entries": [{**e.to_dict(), "view": active.get(e.id, False)} for e in entries]}
+    server, catalogue = _catalogue_or_server(qdrant_path, qdrant_url, collection)
+    if server is not None:
+        from search.serve import handoff
+
+        listed = handoff.feedback(
+            server, "GET", "/v1/feedback", {"product_id": product_id, "limit": 1000} if product_id else {"limit": 1000}
         )
+        entries, total, folder = listed["entries"], listed["total"], f"the feedback store of search serve at {server['url']}"
+    else:
+        views = StoreViews(catalogue)
+        found = views.log.entries(product_id)
+        active = views.has_view(found) if catalogue.exists() else {}
+        entries = [{**e.to_dict(), "view": active.get(e.id, False)} for e in found]
+        total, folder = len(entries), str(views.log.folder)
+    if as_json:
+        emit_json({"folder": folder, "total": total, "entries": entries})
         return
     if not entries:
-        click.echo(f"No feedback in {views.log.folder}" + (f" for product {product_id}" if product_id else ""))
+        click.echo(f"No feedback in {folder}" + (f" for product {product_id}" if product_id else ""))
         return
     rows = [
         (
-            e.id,
-            e.created,
-            e.product_id or "-",
-            e.verdict,
-            e.answered[0] if e.answered else "-",
-            "yes" if active.get(e.id) else "no",
-            e.by or "",
+            e["id"],
+            e["created"],
+            e["product_id"] or "-",
+            e["verdict"],
+            e["answered"][0] if e["answered"] else "-",
+            "yes" if e["view"] else "no",
+            e["by"] or "",
         )
         for e in entries[:limit]
     ]
     click.echo(table(("id", "when (UTC)", "product", "verdict", "search said", "view", "by"), rows, align="rllllll"))
-    more = f", {limit} newest shown" if len(entries) > limit else ""
-    click.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {views.log.folder}{more}")
+    more = f", {limit} newest shown" if total > limit else ""
+    click.echo(f"{total} entr{'y' if total == 1 else 'ies'} in {folder}{more}")
 
 
 @feedback.command(name="remove")
@@ -478,18 +517,29 @@ def feedback_remove(entry_ids, qdrant_path, qdrant_url, collection, as_json):
     from indexer.errors import BadInputError
     from search.views import StoreViews
 
-    views = StoreViews(open_catalogue(qdrant_path, qdrant_url, collection))
+    server, catalogue = _catalogue_or_server(qdrant_path, qdrant_url, collection)
+    views = StoreViews(catalogue) if catalogue is not None else None
     removed, missing = [], []
     for entry_id in entry_ids:
-        entry = views.remove(entry_id)
+        if views is not None:
+            entry = views.remove(entry_id)
+            entry = entry.to_dict() if entry else None
+        else:
+            from search.serve import handoff
+
+            try:
+                entry = handoff.feedback(server, "DELETE", f"/v1/feedback/{entry_id}", {})
+            except BadInputError:
+                entry = None
         (removed.append(entry) if entry else missing.append(entry_id))
     if as_json:
-        emit_json({"removed": [e.to_dict() for e in removed], "missing": missing})
+        emit_json({"removed": removed, "missing": missing})
     else:
         for entry in removed:
-            click.echo(f"Removed #{entry.id} ({entry.product_id or 'not in the catalogue'}, {entry.created})")
+            click.echo(f"Removed #{entry['id']} ({entry['product_id'] or 'not in the catalogue'}, {entry['created']})")
     if missing:
-        click.echo(f"Error: no feedback entry {', '.join(f'#{i}' for i in missing)} in {views.log.folder}", err=True)
+        where = views.log.folder if views is not None else f"search serve at {server['url']}"
+        click.echo(f"Error: no feedback entry {', '.join(f'#{i}' for i in missing)} in {where}", err=True)
         raise SystemExit(BadInputError.exit_code)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import string
 import time
 from dataclasses import dataclass, field
@@ -269,3 +270,27 @@ def error_of(response, status: int) -> str:
     assert body["request_id"] == response.headers["X-Request-ID"]
     assert "Traceback" not in body["error"] and "\n" not in body["error"]
     return body["error"]
+
+
+# -- search serve as a process ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(port: int, timeout: float = 120) -> None:
+    """Until `search serve` on `port` answers /readyz with 200."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"search serve on port {port} did not become ready")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import error_of, studio_shot
+from conftest import error_of, free_port, studio_shot, wait_for_http
 from PIL import Image
 
 RED = Path("generated") / "RED-BAG.png"
@@ -297,27 +296,6 @@ def test_watch_makes_new_changed_and_deleted_images_searchable_within_seconds(sy
     (dam / "NEW-ITEM.png").unlink()
     assert until(lambda: client.get("/v1/products/NEW-ITEM").status_code == 404)
     assert client.get("/v1/info").json()["watch"]["deleted"] == 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_http(port: int, timeout: float = 120) -> None:
-    """Until `search serve` on `port` answers /readyz with 200."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"search serve on port {port} did not become ready")
 
 
 def test_serve_command_starts_answers_and_stops(synced, store, dam):

@@ -1,4 +1,4 @@
-"""A `search image` that finds its embedded store held by `search serve` asks that server instead.
+"""A `search image` (or `indexer feedback`) that finds its embedded store held by `search serve` asks that server instead.
 
 The embedded store is one process at a time, so while `search serve` runs on
 it, a command-line search could only fail with "store in use". Instead the
@@ -82,28 +82,73 @@ def search(server: dict, photo: Path, query: dict, *, api_key: str | None = None
     from indexer.images import read_file
 
     data = read_file(photo, label=str(photo))
-    url = f"{server['url']}/v1/search?{urllib.parse.urlencode(query, doseq=True)}"
-    headers = {"Content-Type": MEDIA_TYPES.get(photo.suffix.lower(), "application/octet-stream")}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        result = call(server, "POST", "/v1/search", query, data=data, media=_media(photo), key=api_key, timeout=timeout)
+    except _Refused as refused:
+        if refused.code in (413, 415) or (refused.code == 422 and not refused.message.startswith(tuple(query))):
+            raise BadInputError(f"{photo}: {refused.message}") from None
+        if refused.code == 422:
+            raise OptionError(refused.message) from None
+        if refused.code == 401:
+            raise StoreUnavailable(f"search serve at {server['url']} wants its API key: set CATALOGUE_API_KEY") from None
+        raise StoreUnavailable(f"search serve at {server['url']} answered {refused.code}: {refused.message}") from None
+    result["query"] = str(photo)
+    return result
+
+
+def feedback(server: dict, method: str, path: str, query: dict, *, photo: Path | None = None) -> dict:
+    """A /v1/feedback call to the server holding the store (`indexer feedback` while `search serve` runs)."""
+    from indexer.images import read_file
+
+    data = read_file(photo, label=str(photo)) if photo is not None else None
+    key = os.environ.get("CATALOGUE_FEEDBACK_KEY") or os.environ.get("CATALOGUE_API_KEY") or None
+    try:
+        return call(server, method, path, query, data=data, media=_media(photo) if photo else None, key=key)
+    except _Refused as refused:
+        if refused.code in (404, 413, 415, 422):
+            raise BadInputError(f"{photo or path}: {refused.message}" if photo else refused.message) from None
+        if refused.code == 401:
+            raise StoreUnavailable(
+                f"search serve at {server['url']} wants its feedback key: set CATALOGUE_FEEDBACK_KEY (or CATALOGUE_API_KEY)"
+            ) from None
+        raise StoreUnavailable(f"search serve at {server['url']} answered {refused.code}: {refused.message}") from None
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def call(
+    server: dict,
+    method: str,
+    path: str,
+    query: dict,
+    *,
+    data: bytes | None = None,
+    media: str | None = None,
+    key: str | None = None,
+    timeout: float = 120,
+) -> dict:
+    """One JSON call to the announced server; _Refused with the status and the one-line error."""
+    url = f"{server['url']}{path}" + (f"?{urllib.parse.urlencode(query, doseq=True)}" if query else "")
+    headers = {"Content-Type": media} if media else {}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
     context = ssl.create_default_context(cafile=server["cert"]) if server.get("cert") else None
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            result = json.loads(response.read())
+            return json.loads(response.read())
     except urllib.error.HTTPError as error:
-        message = _error_line(error).removeprefix("upload: ")
-        if error.code in (413, 415) or (error.code == 422 and not message.startswith(tuple(query))):
-            raise BadInputError(f"{photo}: {message}") from None
-        if error.code == 422:
-            raise OptionError(message) from None
-        if error.code == 401:
-            raise StoreUnavailable(f"search serve at {server['url']} wants its API key: set CATALOGUE_API_KEY") from None
-        raise StoreUnavailable(f"search serve at {server['url']} answered {error.code}: {message}") from None
+        raise _Refused(error.code, _error_line(error).removeprefix("upload: ")) from None
     except (urllib.error.URLError, OSError, ValueError) as error:
         raise StoreUnavailable(f"search serve at {server['url']} holds the store but did not answer: {error}") from None
-    result["query"] = str(photo)
-    return result
+
+
+def _media(photo: Path) -> str:
+    return MEDIA_TYPES.get(photo.suffix.lower(), "application/octet-stream")
 
 
 def _error_line(error: urllib.error.HTTPError) -> str:
