@@ -312,6 +312,13 @@ def test_eval_on_feedback_leaves_each_photo_s_own_view_out(synced, cli, store, t
     human = cli("search", "eval", "--feedback", "--qdrant-path", store, "-q")
     assert "won through a store view" in human.stdout and "not in the catalogue" in human.stdout
 
+    # Refit the confidence on the feedback: 2 photos as they are, 2 with their product hidden, 1 not in the catalogue.
+    calibrated = json.loads(cli("search", "eval", "--feedback", "--calibrate", "--qdrant-path", store, "--json", "-q").stdout)
+    assert calibrated["calibrated"]["samples"] == 5 and calibrated["calibrated"]["right"] == 2
+    stored = json.loads(cli("indexer", "info", "--qdrant-path", store, "--json").stdout)["calibration"]
+    assert set(stored["weights"]) == {"top", "margin", "views_agree", "encoders_agree", "colour_agree"}
+    assert stored["source"].startswith("3 confirmed photos in")
+
 
 def test_eval_needs_feedback_or_a_labelled_folder(synced, cli, store, tmp_path):
     empty = cli("search", "eval", "--feedback", "--qdrant-path", store)
