@@ -132,7 +132,7 @@ class StoreViews:
         image = load_rgb(data, name=name, draft=QUERY_DECODE_SIDE)
         if box is not None and (box[2] > image.width or box[3] > image.height):
             raise BadInputError(f"box {list(box)} lies outside the {image.width}x{image.height} photo")
-        features = self._features(image, box)
+        features = features_in_box(self.searcher, image, box)
         if answered is None:
             answered = self._answer(features, hashlib.sha256(data).hexdigest())
         located = box if box is not None else tuple(int(v) for v in features.region.box)
@@ -184,7 +184,7 @@ class StoreViews:
             except BadInputError:
                 done["unreadable"] += 1
                 continue
-            self.catalogue.upsert([self._point(entry, self._features(image, entry.box))])
+            self.catalogue.upsert([self._point(entry, features_in_box(self.searcher, image, entry.box))])
             kept[product] = kept.get(product, 0) + 1
             done["restored"] += 1
         return done
@@ -196,9 +196,6 @@ class StoreViews:
         return {entry_id: pid in found for pid, entry_id in ids.items()}
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _features(self, image, box) -> QueryFeatures:
-        return features_in_box(self.searcher, image, box)
 
     def _answer(self, features: QueryFeatures, sha256: str) -> list[str]:
         """What a search answers for the photo, its own earlier view (if any) left out."""
