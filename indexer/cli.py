@@ -263,7 +263,8 @@ def _print_summary(dam: Path, report) -> None:
             if k in ("read", "decode", "colour", "preprocess", "encode", "upsert")
         )
         click.echo(
-            f"Encoded {report.encoded} images at {data['images_per_second']} images/s ({stages}; read to preprocess: CPU seconds of the worker threads; encode and upsert: wall seconds)"
+            f"Encoded {report.encoded} images at {data['images_per_second']} images/s ({stages}; read to preprocess: CPU seconds of the worker threads; encode: seconds of the forwards, "
+            "summed over the lanes that run side by side; upsert: wall seconds)"
         )
 
 
