@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-views", default="1000,10000", help="Store view counts to time (0 is always timed).")
     parser.add_argument("--latency-queries", type=int, default=40)
+    parser.add_argument("--latency-only", action="store_true", help="Only the latency rows (then --count views are real).")
     args = parser.parse_args()
 
     from indexer.store import open_store
@@ -80,14 +81,16 @@ def main() -> int:
             catalogue = opened.collection(args.collection)
             searcher = Searcher(catalogue)
             second_queries, second_skipped = folder_queries(second, read_ground_truth(second / "ground_truth.csv"))
-            print(f"\nsynthetic: {args.count} products, second photo searched ({len(searcher.specs)} encoder(s))")
-            print(f"  {'':<44} {'top-1':>6} {'top-5':>6} {'top-10':>6}")
-            row("catalogue only", *measure(searcher, second_queries, second_skipped))
             photos = [q.photo for q in second_queries][: args.latency_queries]
+            if not args.latency_only:
+                print(f"\nsynthetic: {args.count} products, second photo searched ({len(searcher.specs)} encoder(s))")
+                print(f"  {'':<44} {'top-1':>6} {'top-5':>6} {'top-10':>6}")
+                row("catalogue only", *measure(searcher, second_queries, second_skipped))
             latencies = [latency(searcher, photos)]
             confirm_seconds = confirm_folder(searcher, first)
-            row("with the first photos as store views", *measure(searcher, second_queries, second_skipped))
-            if args.dev:
+            if not args.latency_only:
+                row("with the first photos as store views", *measure(searcher, second_queries, second_skipped))
+            if args.dev and not args.latency_only:
                 dev_queries, dev_skipped = folder_queries(args.dev, read_ground_truth(args.dev / "ground_truth.csv"))
                 print(f"\ndev photos among {args.count} synthetic store views of other products:")
                 row("with the synthetic views", *measure(searcher, dev_queries, dev_skipped))
@@ -109,7 +112,7 @@ def main() -> int:
         )
 
         # -- dev: leave-one-out on the labelled photos -----------------------------------------------
-        if args.dev:
+        if args.dev and not args.latency_only:
             store = copy_store(args.qdrant_path, work / "dev-store")
             with open_store(path=store) as opened:
                 catalogue = opened.collection(args.collection)

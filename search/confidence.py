@@ -112,37 +112,83 @@ class Calibration:
         return cls(weights, float(data["bias"]), str(data["source"]), int(data["samples"]))
 
 
+#: The signal sets a calibration chooses from: score and margin, each agreement signal added, all.
+SIGNAL_SETS = (("top", "margin"), *(("top", "margin", extra) for extra in SIGNALS[2:]), SIGNALS)
+#: Folds of the cross-validation that chooses the set; photos never straddle two folds.
+FOLDS = 5
+
+
 def fit(
-    samples: Sequence[tuple[Mapping[str, float], bool]], source: str, names: Sequence[str] = SIGNALS
+    samples: Sequence[tuple[Mapping[str, float], bool]],
+    source: str,
+    names: Sequence[str] | None = None,
+    groups: Sequence[int] | None = None,
 ) -> tuple[Calibration, dict]:
-    """Logistic regression from (signals, top-1 was right) pairs; also returns its in-sample quality."""
-    from sklearn.linear_model import LogisticRegression
+    """Logistic regression from (signals, top-1 was right) pairs; also returns its quality.
+
+    `names` fixes the signals; without them the set of SIGNAL_SETS with the best cross-validated
+    AUC is chosen (the fewest signals on a tie): the agreement signals earn their place on the
+    photos at hand, or stay out. `groups` says which photo each sample comes from (a photo's
+    answers as it is and with its product hidden), so that no photo is in a fold's fit and its test.
+    """
     from sklearn.metrics import roc_auc_score
 
-    x = np.array([[found.get(name, 0.0) for name in names] for found, _ in samples], dtype=np.float64)
     y = np.array([bool(right) for _, right in samples])
     if y.all() or not y.any():
         raise ValueError("calibration needs both right and wrong answers among the photos")
+    chosen, scores = (tuple(names), {}) if names else _choose(samples, groups)
+    calibration = _fit(samples, chosen, source)
+    predicted = np.array([calibration.confidence(found) for found, _ in samples])
+    quality = {
+        "samples": len(samples),
+        "right": int(y.sum()),
+        "signals": list(chosen),
+        "auc": round(float(roc_auc_score(y, predicted)), 4),
+        "accuracy_at_threshold": round(float(((predicted >= DEFAULT_MIN_CONFIDENCE) == y).mean()), 4),
+    }
+    if scores:
+        quality["cross_validated_auc"] = {", ".join(k): v for k, v in scores.items()}
+    return calibration, quality
+
+
+def _fit(samples, names: Sequence[str], source: str) -> Calibration:
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.array([[found.get(name, 0.0) for name in names] for found, _ in samples], dtype=np.float64)
+    y = np.array([bool(right) for _, right in samples])
     # Fit on standardised signals (margins are hundredths, scores tenths, agreements 0..1: one
     # regularisation strength then suits all), then fold the scaling back into plain weights.
     mean, scale = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-9)
     model = LogisticRegression(C=1.0).fit((x - mean) / scale, y)
     weights = model.coef_[0] / scale
-    calibration = Calibration(
+    return Calibration(
         weights={name: round(float(w), 6) for name, w in zip(names, weights)},
         bias=round(float(model.intercept_[0] - (weights * mean).sum()), 6),
         source=source,
         samples=len(samples),
     )
-    predicted = np.array([calibration.confidence(found) for found, _ in samples])
-    quality = {
-        "samples": len(samples),
-        "right": int(y.sum()),
-        "signals": list(names),
-        "auc": round(float(roc_auc_score(y, predicted)), 4),
-        "accuracy_at_threshold": round(float(((predicted >= DEFAULT_MIN_CONFIDENCE) == y).mean()), 4),
-    }
-    return calibration, quality
+
+
+def _choose(samples, groups) -> tuple[tuple[str, ...], dict]:
+    """The signal set with the best AUC over grouped folds (answers of one photo stay together)."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    y = np.array([bool(right) for _, right in samples])
+    groups = np.arange(len(samples)) if groups is None else np.asarray(groups)
+    folds = min(FOLDS, len(set(groups.tolist())))
+    scores: dict[tuple[str, ...], float] = {}
+    for names in SIGNAL_SETS:
+        predicted = np.zeros(len(samples))
+        try:
+            for train, test in GroupKFold(n_splits=folds).split(samples, y, groups):
+                calibration = _fit([samples[i] for i in train], names, "fold")
+                predicted[test] = [calibration.confidence(samples[i][0]) for i in test]
+        except ValueError:  # a fold with one class only: too few photos to compare sets
+            return SIGNAL_SETS[0], {}
+        scores[names] = round(float(roc_auc_score(y, predicted)), 4)
+    best = max(scores.values())
+    return next(names for names in SIGNAL_SETS if scores[names] == best), scores
 
 
 #: Fitted by `search eval --calibrate` on 600 answers: 300 photos from `search synthesize

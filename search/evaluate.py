@@ -108,10 +108,23 @@ class Evaluation:
     def calibration_samples(self, setting: str) -> list[tuple[dict[str, float], bool]]:
         """(signals, top-1 right) for each photo as it is, with its products hidden (always wrong), and
         for each photo of a product not in the catalogue (always wrong)."""
-        samples = [(r.top_signals[setting], r.ranks[setting] == 1) for r in self.results if r.top_signals.get(setting)]
-        samples += [(r.hidden_signals[setting], False) for r in self.results if r.hidden_signals.get(setting)]
-        samples += [(found[setting], False) for found in self.absent_signals if found.get(setting)]
-        return samples
+        return [(found, right) for found, right, _photo in self._answers(setting)]
+
+    def calibration_photos(self, setting: str) -> list[int]:
+        """The photo each of `calibration_samples` comes from (its answers stay in one fold)."""
+        return [photo for _found, _right, photo in self._answers(setting)]
+
+    def _answers(self, setting: str) -> list[tuple[dict[str, float], bool, int]]:
+        answers = []
+        for n, r in enumerate(self.results):
+            if r.top_signals.get(setting):
+                answers.append((r.top_signals[setting], r.ranks[setting] == 1, n))
+            if r.hidden_signals.get(setting):
+                answers.append((r.hidden_signals[setting], False, n))
+        answers += [
+            (found[setting], False, len(self.results) + n) for n, found in enumerate(self.absent_signals) if found.get(setting)
+        ]
+        return answers
 
     def confidence_quality(self, setting: str, calibration, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict | None:
         """How well a calibration separates right answers from wrong and not-in-catalogue ones here,
@@ -417,6 +430,7 @@ def run_evaluation(
         try:
             calibration, calibrated = fit(
                 evaluation.calibration_samples(shown),
+                groups=evaluation.calibration_photos(shown),
                 source=f"{len(evaluation.results) + len(evaluation.absent_signals)} {source}",
             )
         except ValueError as exc:

@@ -246,3 +246,30 @@ def test_calibrated_search_flags_a_product_missing_from_the_catalogue(cli, label
     assert "no confident match" in unknown.stdout
     [entry] = json.loads(cli("search", "image", stranger, "--qdrant-path", store, "--json", *WHOLE).stdout)
     assert entry["confident"] is False and entry["confidence"] < json.loads(known.stdout)[0]["confidence"]
+
+
+def test_calibration_keeps_an_agreement_signal_only_when_it_predicts_out_of_sample():
+    from search.confidence import fit
+
+    rng = np.random.default_rng(0)
+
+    def answers(informative: str):
+        samples, groups = [], []
+        for photo in range(60):
+            for right in (photo % 2 == 0, False):  # as it is, and with its product hidden
+                signal = {"top": rng.uniform(0.4, 0.8), "margin": rng.uniform(0, 0.1), "views_agree": rng.uniform(0, 1)}
+                signal["encoders_agree"] = rng.uniform(0, 1)
+                signal["colour_agree"] = rng.uniform(0, 1)
+                signal[informative] = (0.9 if right else 0.1) + rng.normal(0, 0.15 if informative == "views_agree" else 0.02)
+                samples.append((signal, right))
+                groups.append(photo)
+        return samples, groups
+
+    samples, groups = answers("views_agree")
+    calibration, quality = fit(samples, source="test", groups=groups)
+    assert "views_agree" in quality["signals"] and calibration.weights["views_agree"] > 0
+    assert set(quality["cross_validated_auc"]) >= {"top, margin", "top, margin, views_agree"}
+    # Only the margin tells right from wrong: no agreement signal earns a place.
+    samples, groups = answers("margin")
+    _, quality = fit(samples, source="test", groups=groups)
+    assert quality["signals"] == ["top", "margin"]

@@ -316,7 +316,7 @@ def test_eval_on_feedback_leaves_each_photo_s_own_view_out(synced, cli, store, t
     calibrated = json.loads(cli("search", "eval", "--feedback", "--calibrate", "--qdrant-path", store, "--json", "-q").stdout)
     assert calibrated["calibrated"]["samples"] == 5 and calibrated["calibrated"]["right"] == 2
     stored = json.loads(cli("indexer", "info", "--qdrant-path", store, "--json").stdout)["calibration"]
-    assert set(stored["weights"]) == {"top", "margin", "views_agree", "encoders_agree", "colour_agree"}
+    assert set(stored["weights"]) == set(calibrated["calibrated"]["signals"]) == {"top", "margin"}  # too few photos to earn more
     assert stored["source"].startswith("3 confirmed photos in")
 
 
