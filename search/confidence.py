@@ -98,6 +98,11 @@ class Calibration:
         z = self.bias + sum(weight * found.get(name, 0.0) for name, weight in self.weights.items())
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
+    @property
+    def uses_agreement(self) -> bool:
+        """Whether it weighs the views' or the encoders' agreement (which cost a search a vector fetch)."""
+        return any(self.weights.get(name) for name in ("views_agree", "encoders_agree"))
+
     def to_metadata(self) -> dict:
         return {"weights": dict(self.weights), "bias": self.bias, "source": self.source, "samples": self.samples}
 

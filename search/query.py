@@ -348,7 +348,8 @@ class Searcher:
             ranked = rank(
                 found, features.palette, replace(options, top_k=max(options.top_k, 2)), root=self.root, views_root=self.views_root
             )
-            groups.append(self.group(features.region, ranked, options, self.evidence(features, found)))
+            evidence = self.evidence(features, found) if self.calibration.uses_agreement else None
+            groups.append(self.group(features.region, ranked, options, evidence))
             timings["query"] += t1 - t0
             timings["rank"] += time.perf_counter() - t1
         timings["total"] = time.perf_counter() - t

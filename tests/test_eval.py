@@ -273,3 +273,21 @@ def test_calibration_keeps_an_agreement_signal_only_when_it_predicts_out_of_samp
     samples, groups = answers("margin")
     _, quality = fit(samples, source="test", groups=groups)
     assert quality["signals"] == ["top", "margin"]
+
+
+def test_a_calibration_that_weighs_view_agreement_gets_it_from_each_search(synced, cli, store, dam):
+    """A studio shot is seen the same from every view: with only views_agree weighed, it is sure."""
+    from conftest import open_store
+
+    def confidence_with(weights: dict) -> float:
+        with open_store(store) as opened:
+            calibration = {"weights": weights, "bias": -5.0, "source": "test", "samples": 2}
+            opened.collection("catalogue").update_metadata(calibration=calibration)
+        result = cli("search", "image", dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--json")
+        return json.loads(result.stdout)[0]["confidence"]
+
+    # Four views (whole, two centre crops, the cut-out): most of them name the same product first.
+    agreeing = [1 / (1 + np.exp(-(10.0 * k / 4 - 5.0))) for k in (3, 4)]
+    sure = confidence_with({"top": 0.0, "views_agree": 10.0})
+    assert any(sure == pytest.approx(value, abs=1e-3) for value in agreeing), sure
+    assert confidence_with({"top": 0.0}) == pytest.approx(1 / (1 + np.exp(5.0)), abs=1e-3)
