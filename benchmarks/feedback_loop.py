@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import shutil
 import statistics
 import sys
@@ -62,18 +63,28 @@ def main() -> int:
         settings = [Setting("colour", True, DEFAULT_ALPHA, DEFAULT_THRESHOLD)]
 
         def measure(searcher, queries, skipped=()):
+            """Metrics, and per photo (by content hash): was its top-1 right, did a store view win it."""
             evaluation = evaluate(searcher, queries, settings, skipped=list(skipped))
-            m = evaluation.metrics("colour")
-            wrong_through_view = sum(
-                1 for r in evaluation.results if r.ranks["colour"] != 1 and r.top["colour"][0].source == "store"
-            )
-            return m, wrong_through_view
+            answers = {
+                hashlib.sha256(Path(r.photo).read_bytes()).hexdigest(): (r.ranks["colour"] == 1, r.top["colour"][0].source)
+                for r in evaluation.results
+            }
+            return evaluation.metrics("colour"), answers
 
-        def row(label, m, wrong_through_view):
+        def row(label, m, answers, before=None):
+            """`before`: the same photos without views; then also the photos right before and now won by
+            another product's store view (what a view must not do more often than the catalogue did)."""
+            wrong_via_view = sum(1 for right, source in answers.values() if not right and source == "store")
+            lost = (
+                ""
+                if before is None
+                else f"  right before, lost to another's view {sum(1 for h, (right, source) in answers.items() if before.get(h, (False,))[0] and not right and source == 'store'):2d}"
+            )
             print(
                 f"  {label:<44} {m['top1']:6.1%} {m['top5']:6.1%} {m['top10']:6.1%}  MRR {m['mrr']:.3f}  "
-                f"right via a view {m['top1_through_store_view']:3d}  wrong via another's view {wrong_through_view:3d}  (n={m['n']})"
+                f"right via a view {m['top1_through_store_view']:3d}  wrong via another's view {wrong_via_view:3d}{lost}  (n={m['n']})"
             )
+            return answers
 
         # -- synthetic: confirm the first photo of each product, search the second ------------------
         store = copy_store(args.qdrant_path, work / "synthetic-store")
@@ -85,21 +96,21 @@ def main() -> int:
             if not args.latency_only:
                 print(f"\nsynthetic: {args.count} products, second photo searched ({len(searcher.specs)} encoder(s))")
                 print(f"  {'':<44} {'top-1':>6} {'top-5':>6} {'top-10':>6}")
-                row("catalogue only", *measure(searcher, second_queries, second_skipped))
+                baseline = row("catalogue only", *measure(searcher, second_queries, second_skipped))
             latencies = [latency(searcher, photos)]
             confirm_seconds = confirm_folder(searcher, first)
             if not args.latency_only:
-                row("with the first photos as store views", *measure(searcher, second_queries, second_skipped))
+                row("with the first photos as store views", *measure(searcher, second_queries, second_skipped), baseline)
             if args.dev and not args.latency_only:
                 dev_queries, dev_skipped = folder_queries(args.dev, read_ground_truth(args.dev / "ground_truth.csv"))
                 print(f"\ndev photos among {args.count} synthetic store views of other products:")
-                row("with the synthetic views", *measure(searcher, dev_queries, dev_skipped))
                 from dataclasses import replace
 
                 from search.options import SearchOptions
 
                 catalogue_only = [replace(q, filters=SearchOptions(store_views=False).query_filters) for q in dev_queries]
-                row("catalogue only", *measure(searcher, catalogue_only, dev_skipped))
+                baseline = row("catalogue only", *measure(searcher, catalogue_only, dev_skipped))
+                row("with the synthetic views", *measure(searcher, dev_queries, dev_skipped), baseline)
             rng = np.random.default_rng(0)
             for size in [int(v) for v in args.latency_views.split(",") if int(v) > 0]:
                 top_up(searcher, size, rng)
@@ -119,12 +130,12 @@ def main() -> int:
                 searcher = Searcher(catalogue)
                 dev_queries, dev_skipped = folder_queries(args.dev, read_ground_truth(args.dev / "ground_truth.csv"))
                 print("\ndev photos, leave-one-out (each confirmed; searched without its own view)")
-                row("catalogue only", *measure(searcher, dev_queries, dev_skipped))
+                baseline = row("catalogue only", *measure(searcher, dev_queries, dev_skipped))
                 confirm_folder(searcher, args.dev)
                 from search.views import StoreViews
 
                 entries = StoreViews(catalogue).log.entries(newest_first=False)
-                row("with the other photos' views", *measure(searcher, feedback_queries(entries)))
+                row("with the other photos' views", *measure(searcher, feedback_queries(entries)), baseline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
