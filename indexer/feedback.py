@@ -26,6 +26,7 @@ import json
 import os
 import re
 import sqlite3
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,7 +158,7 @@ class FeedbackLog:
         name = sha + _suffix(data)
         self._write_photo(name, data)
         created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        with self._db() as db:
+        with self._db(write=True) as db:
             row = db.execute("SELECT * FROM feedback WHERE sha256 = ?", (sha,)).fetchone()
             replaced = _entry(row, self.folder) if row else None
             if replaced is not None:
@@ -183,7 +184,7 @@ class FeedbackLog:
         entry = self.get(entry_id)
         if entry is None:
             return None
-        with self._db() as db:
+        with self._db(write=True) as db:
             db.execute("DELETE FROM feedback WHERE id = ?", (entry_id,))
         with contextlib.suppress(FileNotFoundError):
             entry.photo_path.unlink()
@@ -197,24 +198,31 @@ class FeedbackLog:
             return
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            partial = folder / f".{name}.partial"
+            partial = folder / f".{name}.{uuid.uuid4().hex}.partial"  # one per writer: two may write one photo at once
             partial.write_bytes(data)
             os.replace(partial, target)
         except OSError as exc:
             raise StoreUnavailable(f"cannot write to the feedback store {self.folder}: {first_line(exc)}") from None
 
     @contextlib.contextmanager
-    def _db(self):
+    def _db(self, *, write: bool = False):
+        """One transaction; a writing one takes the write lock at once, so that two answers for one
+        photo arriving together (two tills, the server and the CLI) replace each other in turn."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.folder / DATABASE, timeout=30)
+            db = sqlite3.connect(self.folder / DATABASE, timeout=30, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open the feedback store {self.folder}: {first_line(exc)}") from None
         db.row_factory = sqlite3.Row
         try:
-            with db:  # one transaction: committed on success, rolled back on error
-                db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
                 yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(
                 f"the feedback store {self.folder / DATABASE} cannot be used: {first_line(exc)}; "

@@ -362,3 +362,22 @@ def test_indexer_feedback_goes_through_the_serve_holding_the_store(synced, cli, 
         server.terminate()
         server.communicate(timeout=60)
     assert views(store) == []
+
+
+def test_answers_for_one_photo_arriving_together_leave_one_entry(tmp_path):
+    """Two tills (or the server and the CLI) answering for the same photo at once: one entry, no error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from indexer.feedback import FeedbackLog
+
+    log = FeedbackLog(tmp_path / "feedback")
+    photo = store_photo(tmp_path / "shelf.jpg", seed=50).read_bytes()
+
+    def answer(n: int):
+        return log.add(photo, product_id=f"P{n}", answered=["P0"], box=None, origin="api")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(answer, range(16)))
+    [entry] = log.entries()
+    assert entry.product_id in {f"P{n}" for n in range(16)}
+    assert sum(replaced is not None for _, replaced in results) == 15  # each later answer replaced the one before
