@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -108,6 +109,7 @@ class StoreViews:
         self.searcher = searcher
         self.log = FeedbackLog.of(catalogue.store, catalogue.name)
         self.limit = max_views() if limit is None else limit
+        self._writing = threading.Lock()  # the server records answers from several threads
 
     def record(
         self,
@@ -136,28 +138,30 @@ class StoreViews:
         if answered is None:
             answered = self._answer(features, hashlib.sha256(data).hexdigest())
         located = box if box is not None else tuple(int(v) for v in features.region.box)
-        entry, replaced = self.log.add(
-            data,
-            product_id=product_id,
-            answered=list(answered)[:ANSWER_LENGTH],
-            box=located,
-            origin=origin,
-            by=by,
-        )
-        pid = view_point_id(entry.sha256)
-        if product_id is None or self.limit == 0:
-            self.catalogue.delete([pid])  # a view from an earlier, contradicted answer goes
-            return Recorded(entry, None, replaced, [])
-        self.catalogue.upsert([self._point(entry, features)])
-        return Recorded(entry, pid, replaced, self._cap(product_id))
+        with self._writing:  # the log and the views change together: the last answer's view is the one kept
+            entry, replaced = self.log.add(
+                data,
+                product_id=product_id,
+                answered=list(answered)[:ANSWER_LENGTH],
+                box=located,
+                origin=origin,
+                by=by,
+            )
+            pid = view_point_id(entry.sha256)
+            if product_id is None or self.limit == 0:
+                self.catalogue.delete([pid])  # a view from an earlier, contradicted answer goes
+                return Recorded(entry, None, replaced, [])
+            self.catalogue.upsert([self._point(entry, features)])
+            return Recorded(entry, pid, replaced, self._cap(product_id))
 
     def remove(self, entry_id: int) -> Feedback | None:
         """Undo or prune: the entry, its photo and its view go; the removed entry, or None."""
-        entry = self.log.get(entry_id)
-        if entry is None:
-            return None
-        self.catalogue.delete([view_point_id(entry.sha256)])
-        return self.log.remove(entry_id)
+        with self._writing:
+            entry = self.log.get(entry_id)
+            if entry is None:
+                return None
+            self.catalogue.delete([view_point_id(entry.sha256)])
+            return self.log.remove(entry_id)
 
     def restore(self, progress: Callable[[int], object] | None = None) -> dict:
         """Re-embed every kept confirmation as a view (after --reindex, or to repair): the newest
