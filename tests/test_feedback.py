@@ -381,3 +381,23 @@ def test_answers_for_one_photo_arriving_together_leave_one_entry(tmp_path):
     [entry] = log.entries()
     assert entry.product_id in {f"P{n}" for n in range(16)}
     assert sum(replaced is not None for _, replaced in results) == 15  # each later answer replaced the one before
+
+
+def test_eval_on_a_folder_leaves_out_views_of_its_own_photos(synced, cli, store, tmp_path):
+    """Photos staff confirmed and later evaluated as a folder must not win through their own view."""
+    folder = tmp_path / "labelled"
+    photo = store_photo(folder / "shelf.jpg", seed=60)
+    (folder / "truth.csv").write_text(f"query,reference\nshelf.jpg,{CONFIRMED}\n")
+    before = json.loads(
+        cli(
+            "search", "eval", "--queries", folder, "--ground-truth", folder / "truth.csv", "--qdrant-path", store, "--json", "-q"
+        ).stdout
+    )
+    add(cli, store, photo, "--product", CONFIRMED)
+    after = json.loads(
+        cli(
+            "search", "eval", "--queries", folder, "--ground-truth", folder / "truth.csv", "--qdrant-path", store, "--json", "-q"
+        ).stdout
+    )
+    assert after["per_query"][0]["ranks"] == before["per_query"][0]["ranks"]
+    assert first(cli, store, photo)["source"] == "store"  # while a search of it does find its view
