@@ -63,7 +63,11 @@ def _lab_dict(lab: np.ndarray) -> dict:
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB (uint8, any shape ending in 3) to CIELAB under D65, the standard pairing."""
-    linear = _SRGB_TO_LINEAR[np.asarray(rgb, dtype=np.uint8)]
+    return _linear_to_lab(_SRGB_TO_LINEAR[np.asarray(rgb, dtype=np.uint8)])
+
+
+def _linear_to_lab(linear: np.ndarray) -> np.ndarray:
+    """Linear-light RGB (0..1, any shape ending in 3) to CIELAB under D65."""
     xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
     f = np.where(xyz > _EPSILON, np.cbrt(xyz), (_KAPPA * xyz + 16.0) / 116.0)
     L = 116.0 * f[..., 1] - 16.0
@@ -146,10 +150,7 @@ def _binned_lab(rgb: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """`srgb_to_lab` for float sRGB in 0..255 (bin means), shape (n, 3)."""
     v = rgb / 255.0
-    linear = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
-    f = np.where(xyz > _EPSILON, np.cbrt(xyz), (_KAPPA * xyz + 16.0) / 116.0)
-    return np.stack([116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], axis=-1)
+    return _linear_to_lab(np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4))
 
 
 def foreground_mask(lab: np.ndarray) -> np.ndarray:
@@ -163,11 +164,7 @@ def foreground_mask(lab: np.ndarray) -> np.ndarray:
     """
     border = np.concatenate([lab[0], lab[-1], lab[1:-1, 0], lab[1:-1, -1]])
     backdrop = np.median(border, axis=0)
-    return _mask_from_close(np.linalg.norm(lab - backdrop, axis=-1) < BACKGROUND_TOLERANCE)
-
-
-def _mask_from_close(close: np.ndarray) -> np.ndarray:
-    """The foreground given which pixels are close to the backdrop colour (see `foreground_mask`)."""
+    close = np.linalg.norm(lab - backdrop, axis=-1) < BACKGROUND_TOLERANCE
     border_close = np.concatenate([close[0], close[-1], close[1:-1, 0], close[1:-1, -1]])
     if border_close.mean() < MIN_BORDER_SHARE:
         return np.ones(close.shape, dtype=bool)
