@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from indexer.errors import BadInputError
-from indexer.images import IMAGE_SUFFIXES, load_rgb
+from indexer.images import IMAGE_SUFFIXES, load_rgb, read_file
 from indexer.store import Filters
 from indexer.store.schema import STORE_SOURCE
 from search.confidence import DEFAULT_MIN_CONFIDENCE, signals
 from search.options import SearchOptions
 from search.query import Candidate, Match, QueryFeatures, Searcher, rank
+from search.views import not_this_photo
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Query:
     name: str
     photo: Path
     references: list[str]  # image paths, file names or product ids; empty: not in the catalogue
-    filters: Filters = ()  # added to the search's: leaves out the photo's own store view (leave-one-out)
+    filters: Filters = ()  # added to the search's (every query also leaves out its photo's own store view)
     box: tuple[int, int, int, int] | None = None  # where the product is, when known
 
 
@@ -263,38 +264,15 @@ def folder_queries(queries_dir: Path, truth: dict[str, list[str]]) -> tuple[list
     """The photos of a query folder that the ground truth labels; (queries, skipped with why)."""
     if not queries_dir.is_dir():
         raise BadInputError(f"{queries_dir}: no such folder")
-    from search.views import not_this_photo
-
     photos = query_photos(queries_dir)
     skipped = [(name, "no ground truth") for name in photos if name not in truth]
     skipped += [(name, "listed in the ground truth, not in the folder") for name in truth if name not in photos]
-    # A photo staff already confirmed is in the collection as a store view: leave that view out, or it wins by itself.
-    return [
-        Query(name, photos[name], truth[name], filters=not_this_photo(_sha256(photos[name]))) for name in photos if name in truth
-    ], skipped
-
-
-def _sha256(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return ""  # unreadable: the search reports it
+    return [Query(name, photos[name], truth[name]) for name in photos if name in truth], skipped
 
 
 def feedback_queries(entries) -> list[Query]:
-    """The feedback store's photos as labelled queries, each searched without its own store view."""
-    from search.views import not_this_photo
-
-    return [
-        Query(
-            f"#{e.id} {e.photo[:12]}",
-            e.photo_path,
-            [e.product_id] if e.product_id else [],
-            filters=not_this_photo(e.sha256),
-            box=e.box,
-        )
-        for e in entries
-    ]
+    """The feedback store's photos as labelled queries (each searched without its own view, as every query is)."""
+    return [Query(f"#{e.id} {e.photo[:12]}", e.photo_path, [e.product_id] if e.product_id else [], box=e.box) for e in entries]
 
 
 def evaluate(
@@ -333,14 +311,17 @@ def evaluate(
             continue
         t0 = time.perf_counter()
         try:
+            data = read_file(query.photo, label=query.name)
             # The most likely located product answers for the photo (ground truth names one product).
-            features = _features(searcher, query)
+            features = _features(searcher, data, query)
         except BadInputError as exc:
             skipped.append((query.name, str(exc)))
             if progress:
                 progress(1)
             continue
-        everything = searcher.candidates(features, total, (*filters, *query.filters))
+        # A photo staff confirmed is in the collection as a store view: leave it out, or it wins by itself.
+        own_view = not_this_photo(hashlib.sha256(data).hexdigest())
+        everything = searcher.candidates(features, total, (*filters, *query.filters, *own_view))
         evidence = searcher.evidence(features, everything)
         result = QueryResult(
             query=query.name,
@@ -371,13 +352,12 @@ def evaluate(
     return Evaluation(ks, settings, results, skipped, missing, time.perf_counter() - started, absent)
 
 
-def _features(searcher: Searcher, query: Query) -> QueryFeatures:
-    if query.box is None:
-        return searcher.query_features(query.photo)[0]
+def _features(searcher: Searcher, data: bytes, query: Query) -> QueryFeatures:
+    """The photo's features as `search image` computes them (within the query's box, when it has one)."""
     from search.query import QUERY_DECODE_SIDE
     from search.views import features_in_box
 
-    return features_in_box(searcher, load_rgb(query.photo, draft=QUERY_DECODE_SIDE), query.box)
+    return features_in_box(searcher, load_rgb(data, name=query.name, draft=QUERY_DECODE_SIDE), query.box)
 
 
 @dataclass

@@ -259,10 +259,6 @@ class Searcher:
         pending = [encoder.submit(views) if hasattr(encoder, "submit") else None for encoder in self.encoders]
         return [job.result() if job is not None else encoder.embed(views) for encoder, job in zip(self.encoders, pending)]
 
-    def query_features(self, path: str | Path) -> list[QueryFeatures]:
-        """Decode a photo and compute its features, exactly as `search image` does (eval uses it)."""
-        return self.features(load_rgb(path, draft=QUERY_DECODE_SIDE))
-
     def _productness(self, crops: list[Image.Image]) -> np.ndarray:
         """Mean cosine of each crop's ten nearest catalogue images: high for products, low for walls."""
         vectors = self.encoders[0].embed(crops)
