@@ -415,7 +415,7 @@ def feedback_add(
     if server is not None:
         query = {"product_id": product_id, "not_in_catalogue": "true" if not_in_catalogue else None, "by": by}
         query["box"] = None if located is None else ",".join(map(str, located))
-        recorded = handoff.feedback(server, "POST", "/v1/feedback", {k: v for k, v in query.items() if v}, photo=photo)
+        recorded = handoff.feedback(server, "POST", "/v1/feedback", {k: v for k, v in query.items() if v}, photo=photo, data=data)
         limit = max_views()
     else:
         views = StoreViews(catalogue, searcher=Searcher(catalogue, **model_loading(device, runtime, dtype)))
@@ -477,9 +477,7 @@ def feedback_list(product_id, limit, qdrant_path, qdrant_url, collection, as_jso
         entries, total, folder = listed["entries"], listed["total"], f"the feedback store of search serve at {server['url']}"
     else:
         views = StoreViews(catalogue)
-        found = views.log.entries(product_id)
-        active = views.has_view(found) if catalogue.exists() else {}
-        entries = [{**e.to_dict(), "view": active.get(e.id, False)} for e in found]
+        entries = views.listed(product_id)
         total, folder = len(entries), str(views.log.folder)
     if as_json:
         emit_json({"folder": folder, "total": total, "entries": entries})

@@ -129,7 +129,7 @@ class StoreViews:
         photo is located as a search would. `answered` is what the search had
         said; without it the search is run now and its answer recorded.
         """
-        if product_id is not None and not self.catalogue.count(((PRODUCT_ID, product_id), *NOT_STORE_VIEWS)):
+        if product_id is not None and not self.has_product(product_id):
             raise BadInputError(f"product {product_id[:80]!r} has no catalogue image in collection {self.catalogue.name!r}")
         image = load_rgb(data, name=name, draft=QUERY_DECODE_SIDE)
         if box is not None and (box[2] > image.width or box[3] > image.height):
@@ -176,7 +176,7 @@ class StoreViews:
                 continue
             product = entry.product_id
             if product not in present:
-                present[product] = bool(self.catalogue.count(((PRODUCT_ID, product), *NOT_STORE_VIEWS)))
+                present[product] = self.has_product(product)
             if not present[product]:
                 done["product_gone"] += 1
                 continue
@@ -193,11 +193,17 @@ class StoreViews:
             done["restored"] += 1
         return done
 
-    def has_view(self, entries: list[Feedback]) -> dict[int, bool]:
-        """Which entries have a view in the collection now (the cap or a vanished product may have dropped it)."""
-        ids = {view_point_id(e.sha256): e.id for e in entries}
-        found = self.catalogue.retrieve(list(ids), (PRODUCT_ID,)) if ids else {}
-        return {entry_id: pid in found for pid, entry_id in ids.items()}
+    def listed(self, product_id: str | None = None, limit: int | None = None) -> list[dict]:
+        """The newest entries (of one product), each saying whether it is a store view now (the cap or a
+        vanished product may have dropped it)."""
+        entries = self.log.entries(product_id)[:limit]
+        ids = [view_point_id(e.sha256) for e in entries]
+        found = self.catalogue.retrieve(ids, (PRODUCT_ID,)) if ids and self.catalogue.exists() else {}
+        return [{**e.to_dict(), "view": pid in found} for e, pid in zip(entries, ids)]
+
+    def has_product(self, product_id: str) -> bool:
+        """Whether the product has a catalogue image: store views are only ever added to such products."""
+        return bool(self.catalogue.count(((PRODUCT_ID, product_id), *NOT_STORE_VIEWS)))
 
     # -- internals ---------------------------------------------------------------------------
 

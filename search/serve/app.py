@@ -296,7 +296,7 @@ def create_app(
         located = parse_box(box)
         shown = [p.strip() for p in answered.split(",") if p.strip()][:MAX_ANSWERED] if answered is not None else None
         data, name = await _photo(request, max_upload)
-        if product_id and service.ready.is_set() and not service.has_product(product_id):
+        if product_id and service.ready.is_set() and not service.views.has_product(product_id):
             raise ApiError(404, f"no product {product_id[:80]!r} in collection {service.config.collection!r}")
         return await asyncio.wrap_future(
             service.submit(service.record_feedback, data, name, product_id or None, located, shown, by, origin)

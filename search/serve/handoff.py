@@ -96,17 +96,15 @@ def search(server: dict, photo: Path, query: dict, *, api_key: str | None = None
     return result
 
 
-def feedback(server: dict, method: str, path: str, query: dict, *, photo: Path | None = None) -> dict:
-    """A /v1/feedback call to the server holding the store (`indexer feedback` while `search serve` runs)."""
-    from indexer.images import read_file
-
-    data = read_file(photo, label=str(photo)) if photo is not None else None
+def feedback(server: dict, method: str, path: str, query: dict, *, photo: Path | None = None, data: bytes | None = None) -> dict:
+    """A /v1/feedback call to the server holding the store (`indexer feedback` while `search serve` runs);
+    `data`, the bytes of `photo`, for a new answer."""
     key = os.environ.get("CATALOGUE_FEEDBACK_KEY") or os.environ.get("CATALOGUE_API_KEY") or None
     try:
         return call(server, method, path, query, data=data, media=_media(photo) if photo else None, key=key)
     except _Refused as refused:
         if refused.code in (404, 413, 415, 422):
-            raise BadInputError(f"{photo or path}: {refused.message}" if photo else refused.message) from None
+            raise BadInputError(f"{photo}: {refused.message}" if photo else refused.message) from None
         if refused.code == 401:
             raise StoreUnavailable(
                 f"search serve at {server['url']} wants its feedback key: set CATALOGUE_FEEDBACK_KEY (or CATALOGUE_API_KEY)"

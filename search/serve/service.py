@@ -267,15 +267,8 @@ class Service:
         recorded = self.views.record(data, name=name, product_id=product_id, box=box, answered=answered, origin=origin, by=by)
         return recorded.to_dict()
 
-    def has_product(self, product_id: str) -> bool:
-        """Whether the product has a catalogue image (a quick count, fit for the event loop)."""
-        return bool(self.searcher.catalogue.count(((PRODUCT_ID, product_id), *NOT_STORE_VIEWS)))
-
     def feedback_entries(self, product_id: str | None, limit: int) -> dict:
-        entries = self.views.log.entries(product_id)
-        shown = entries[:limit]
-        active = self.views.has_view(shown)
-        return {"total": len(entries), "entries": [{**e.to_dict(), "view": active.get(e.id, False)} for e in shown]}
+        return {"total": len(self.views.log.entries(product_id)), "entries": self.views.listed(product_id, limit)}
 
     def remove_feedback(self, entry_id: int) -> dict | None:
         removed = self.views.remove(entry_id)
