@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import string
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,3 +297,22 @@ def wait_for_http(port: int, timeout: float = 120) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"search serve on port {port} did not become ready")
+
+
+@contextlib.contextmanager
+def serve_holding(store: str, **env: str):
+    """`search serve` as a process on the embedded `store` (so it holds it), with extra environment;
+    yields its port once ready, stops it afterwards."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+    )
+    try:
+        wait_for_http(port)
+        yield port
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)

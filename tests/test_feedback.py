@@ -329,21 +329,9 @@ def test_eval_needs_feedback_or_a_labelled_folder(synced, cli, store, tmp_path):
 
 def test_indexer_feedback_goes_through_the_serve_holding_the_store(synced, cli, store, tmp_path, monkeypatch):
     """The embedded store is one process at a time: with search serve on it, the CLI asks the server."""
-    import os
-    import subprocess
-    import sys
+    from conftest import serve_holding
 
-    from conftest import free_port, wait_for_http
-
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "CATALOGUE_FEEDBACK_KEY": "staff"},
-    )
-    try:
-        wait_for_http(port)
+    with serve_holding(store, CATALOGUE_FEEDBACK_KEY="staff"):
         photo = store_photo(tmp_path / "shelf.jpg", seed=40)
         refused = add(cli, store, photo, "--product", CONFIRMED)
         assert refused.exit_code == 4 and "CATALOGUE_FEEDBACK_KEY" in refused.stderr
@@ -358,9 +346,6 @@ def test_indexer_feedback_goes_through_the_serve_holding_the_store(synced, cli, 
         assert [e["id"] for e in listed["entries"]] == [entry["id"]] and listed["entries"][0]["view"] is True
         removed = cli("indexer", "feedback", "remove", entry["id"], entry["id"] + 1, "--qdrant-path", store)
         assert removed.exit_code == 3 and f"Removed #{entry['id']}" in removed.stdout and f"#{entry['id'] + 1}" in removed.stderr
-    finally:
-        server.terminate()
-        server.communicate(timeout=60)
     assert views(store) == []
 
 

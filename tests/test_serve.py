@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import error_of, free_port, studio_shot, wait_for_http
+from conftest import error_of, free_port, serve_holding, studio_shot, wait_for_http
 from PIL import Image
 
 RED = Path("generated") / "RED-BAG.png"
@@ -429,15 +429,7 @@ def test_serve_over_tls(synced, store, tmp_path):
 def test_search_image_hands_the_photos_to_the_serve_holding_the_store(synced, store, dam, cli, monkeypatch):
     """The embedded store is one process at a time; with search serve holding it, search image asks the server."""
 
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**__import__("os").environ, "CATALOGUE_API_KEY": "k3y"},
-    )
-    try:
-        wait_for_http(port)
+    with serve_holding(store, CATALOGUE_API_KEY="k3y") as port:
         photo = dam / RED
         refused = cli("search", "image", photo, "--qdrant-path", store, "--json")
         assert refused.exit_code == 4 and "CATALOGUE_API_KEY" in refused.stderr  # the server wants its key
@@ -451,7 +443,4 @@ def test_search_image_hands_the_photos_to_the_serve_holding_the_store(synced, st
         assert f"answered by search serve at http://127.0.0.1:{port}" in result.stderr
         table = cli("search", "image", photo, "--qdrant-path", store)
         assert table.exit_code == 0 and table.stdout.splitlines()[2].split()[1] == "RED-BAG"
-    finally:
-        process.terminate()
-        process.communicate(timeout=60)
     assert not Path(store, "serve.json").exists()  # withdrawn when the server stopped
