@@ -53,8 +53,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from indexer import colour
     from indexer.images import load_rgb
+    from indexer.prepare import DECODE_SHORT_SIDE
     from indexer.scan import scan
-    from indexer.sync import DECODE_SHORT_SIDE
 
     previous = previous_module(args.old_rev)
     sources = scan(args.dam).images[: args.limit]

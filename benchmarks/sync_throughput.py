@@ -13,16 +13,21 @@ For the model(s) given (comma-separated: an ensemble), prints:
               at a time over every core (ONNX intra-op threads) and the encoder's lanes (one
               single-threaded forward per core, each on its own batch, as the sync runs them);
               both measured before and after the sync; and the model's process CPU per image;
-  sync        the real first sync into a fresh embedded store: images/s and its share of the
-              bare model;
-  outside     CPU per image outside the model: the sync's process CPU time minus the model's
-              own (the bare runs' CPU per image), and per stage (CPU time of the worker threads);
+  sync        the real first sync into a fresh embedded store (--repeat times, medians): images/s
+              and its share of the bare model;
+  outside     CPU per image outside the model: the sync's CPU time (its process and the preparing
+              processes) minus the model's own, read two ways: the bare runs' CPU per image, and
+              (ONNX) the forward threads' CPU in the sync itself, which the shared cores make
+              higher; then per stage (the workers' CPU time);
+  prepare     the preparation alone, no model, in N threads and in N processes: images/s it
+              could feed a GPU with, and whether it scales with cores (the GIL);
   re-sync     the same sync again with nothing changed: in the library and as a whole process.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import statistics
 import subprocess
@@ -53,8 +58,31 @@ def bare(encoders, inputs: list[list], images: int, *, lanes: bool) -> tuple[flo
     return images / (time.perf_counter() - wall), (time.process_time() - cpu) / images
 
 
+def _cpu_with_children() -> float:
+    """This process's CPU seconds plus those of its ended children (the sync's preparing processes)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def best_bare(encoders, inputs: list[list], images: int) -> dict[str, tuple[float, float]]:
     return {mode: bare(encoders, inputs, images, lanes=mode == "lanes") for mode in ("one forward", "lanes")}
+
+
+def prepare_alone(scanned, encoders, workers: int) -> dict:
+    """Images/s of the preparation alone (read, decode, palette, model inputs; no model), in
+    `workers` threads and in `workers` processes: whether it scales with cores, as a GPU needs."""
+    from indexer.prepare import Job, Preparer
+
+    steps = [e.input_step() or e.preprocess for e in encoders]
+    jobs = [Job(s.path, s.relative) for s in scanned.images]
+    rates = {}
+    for processes in (False, True):
+        with Preparer(steps, 3, workers=workers, processes=processes) as preparer:
+            list(preparer.map(jobs[: 4 * workers], window=64))  # start-up and warm-up
+            t = time.perf_counter()
+            list(preparer.map(jobs, window=64))
+            rates["processes" if processes else "threads"] = len(jobs) / (time.perf_counter() - t)
+    return {"workers": workers, "rates": rates}
 
 
 def random_vit_b32(folder: Path) -> str:
@@ -77,10 +105,18 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"], help="as indexer sync's --runtime")
     parser.add_argument("--workers", type=int, default=None, help="as indexer sync's --workers")
+    parser.add_argument(
+        "--prepare",
+        default="auto",
+        choices=["auto", "processes", "threads"],
+        help="where images are prepared (sync's default: auto)",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="first syncs run, each into a fresh store (medians reported)")
     parser.add_argument("--model-threads", type=int, default=None, help="threads of one ONNX forward (default: every core)")
     args = parser.parse_args()
 
     from indexer.encoders import default_cache_dir, load_encoder, parse_models
+    from indexer.encoders.exported import cpu_count
     from indexer.images import load_rgb
     from indexer.scan import scan
     from indexer.store import open_store
@@ -106,18 +142,24 @@ def main() -> None:
         for lanes in (False, True):
             bare(encoders, inputs, 64, lanes=lanes)  # warm-up
         before = best_bare(encoders, inputs, count)
+        runtime_name = type(encoders[0]).__name__
 
-        store = work / "qdrant"
-        handle = open_store(path=store, create=True)
         loader = {e.model_id: e for e in encoders}
         options = {"workers": args.workers} if args.workers else {}
-        cpu = time.process_time()
-        report = sync(
-            dam, scanned, handle.collection("catalogue"), model=args.model, encoder_loader=lambda m, **_: loader[m], **options
-        )
-        sync_cpu = time.process_time() - cpu
-        first = report.to_dict()
+        if args.prepare != "auto":
+            options["processes"] = args.prepare == "processes"
+        runs = []
+        for run in range(args.repeat):
+            store = work / f"qdrant-{run}"
+            handle = open_store(path=store, create=True)
+            cpu = _cpu_with_children()
+            report = sync(
+                dam, scanned, handle.collection("catalogue"), model=args.model, encoder_loader=lambda m, **_: loader[m], **options
+            )
+            runs.append((report.to_dict(), _cpu_with_children() - cpu))  # the preparing processes have ended: their CPU counts
+            handle.close()
         after = best_bare(encoders, inputs, count)
+        handle = open_store(path=store)
         t = time.perf_counter()
         again = sync(dam, scan(dam), handle.collection("catalogue"))
         resync_library = time.perf_counter() - t
@@ -133,26 +175,42 @@ def main() -> None:
                 capture_output=True,
             )
             process_times.append(time.perf_counter() - t)
+        preparing = prepare_alone(scanned, encoders, args.workers or cpu_count())
 
         rates = {mode: ((before[mode][0] + after[mode][0]) / 2, (before[mode][1] + after[mode][1]) / 2) for mode in before}
         best = max(rates, key=lambda mode: rates[mode][0])
         bare_rate, model_cpu = rates[best]
-        outside = sync_cpu / count - model_cpu
-        stages = {k: v for k, v in first["stages"].items() if k in ("read", "decode", "colour", "preprocess", "upsert")}
-        print(f"images: {count}  model: {args.model}  device: {encoders[0].device}  runtime: {type(encoders[0]).__name__}")
+        median = statistics.median
+        sync_rate = median(r["images_per_second"] for r, _ in runs)
+        sync_cpu = median(cpu for _, cpu in runs) / count
+        forwards_cpu = median(r["stages"]["encode_cpu"] for r, _ in runs) / count
+        stages = {
+            k: median(r["stages"][k] for r, _ in runs) / count for k in ("read", "decode", "colour", "preprocess", "upsert")
+        }
+        print(
+            f"images: {count}  model: {args.model}  device: {encoders[0].device}  runtime: {type(encoders[0]).__name__}  "
+            f"prepared in: {args.prepare}  syncs: {args.repeat} (medians)"
+        )
         for mode, (rate, cpu_per_image) in rates.items():
             print(
-                f"bare model, {mode:14s} {rate:7.1f} images/s ({before[mode][0]:.1f} before the sync, {after[mode][0]:.1f} "
+                f"bare model, {mode:14s} {rate:7.1f} images/s ({before[mode][0]:.1f} before the syncs, {after[mode][0]:.1f} "
                 f"after); {cpu_per_image * 1000:.1f} ms of process CPU per image{'   <- the bare model' if mode == best else ''}"
             )
+        print(f"indexer sync, first run    {sync_rate:7.1f} images/s   {sync_rate / bare_rate:.0%} of the bare model")
         print(
-            f"indexer sync, first run    {first['images_per_second']:7.1f} images/s   {first['images_per_second'] / bare_rate:.0%} of the bare model"
+            f"CPU outside the model      {(sync_cpu - model_cpu) * 1000:7.1f} ms per image: the sync's CPU {sync_cpu * 1000:.1f} ms "
+            f"minus the bare model's {model_cpu * 1000:.1f}"
         )
+        if runtime_name == "OnnxEncoder":  # its lanes run on the forward threads, whose CPU the sync measures
+            print(
+                f"                           {(sync_cpu - forwards_cpu) * 1000:7.1f} ms per image: minus the forwards' own "
+                f"{forwards_cpu * 1000:.1f} ms in the sync (slower than bare: the cores are shared)"
+            )
+        print("  per stage (workers' CPU; upsert: wall)  " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in stages.items()) + " ms")
         print(
-            f"CPU outside the model      {outside * 1000:7.1f} ms per image (process CPU {sync_cpu / count * 1000:.1f} ms minus the model's "
-            f"{model_cpu * 1000:.1f}); per stage (worker threads' CPU; upsert: wall): "
-            + ", ".join(f"{k} {v / count * 1000:.2f}" for k, v in stages.items())
-            + " ms"
+            f"prepare alone, {preparing['workers']} workers    "
+            + ", ".join(f"{mode} {rate:.0f} images/s" for mode, rate in preparing["rates"].items())
+            + " (no model: how fast preparation could feed a GPU, per core count)"
         )
         print(
             f"re-sync, nothing changed   {resync_library * 1000:7.0f} ms in the library; whole process: {statistics.median(process_times):.2f} s (median of 3)"

@@ -86,7 +86,9 @@ def _parse_renames(values: tuple[str, ...]) -> dict[str, str]:
 @device_option
 @click.option("--batch-size", type=click.IntRange(1), help="Images per model batch [default: 32].")
 @click.option(
-    "--workers", type=click.IntRange(1), default=4, show_default=True, help="Threads reading, decoding and preprocessing images."
+    "--workers",
+    type=click.IntRange(1),
+    help="Processes reading, decoding and preparing images (threads for jobs under 256 images) [default: one per core].",
 )
 @click.option(
     "--colours", type=click.IntRange(1, 16), default=3, show_default=True, help="Palette size (k of the colour k-means)."
@@ -263,7 +265,8 @@ def _print_summary(dam: Path, report) -> None:
             if k in ("read", "decode", "colour", "preprocess", "encode", "upsert")
         )
         click.echo(
-            f"Encoded {report.encoded} images at {data['images_per_second']} images/s ({stages}; read to preprocess: CPU seconds of the worker threads; encode: seconds of the forwards, "
+            f"Encoded {report.encoded} images at {data['images_per_second']} images/s, prepared by {report.prepared_by} ({stages}; "
+            "read to preprocess: CPU seconds of the workers; encode: seconds of the forwards, "
             "summed over the lanes that run side by side; upsert: wall seconds)"
         )
 

@@ -122,7 +122,8 @@ def load_rgb(source: str | Path | bytes, *, name: str | None = None, draft: int 
         if draft and image.format == "JPEG":
             image.draft("RGB", _draft_size(image.size, draft))
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if not (image.format == "JPEG" and "exif" not in image.info and "xmp" not in image.info):
+            image = ImageOps.exif_transpose(image)  # parses the metadata: a third of decoding a catalogue JPEG
         return to_rgb(image)
     except BadInputError:
         raise

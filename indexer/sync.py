@@ -6,8 +6,8 @@ content hash; anything else is re-encoded. Points of vanished files are
 deleted. Metadata-only changes (manifest, id rule) rewrite payloads.
 
 Run: deletions, payload fixes, then the images to encode stream through
-worker threads (read, hash, decode, colours, preprocess) into model batches
-and are upserted batch by batch. Point ids derive from paths and each point
+worker processes (`indexer.prepare`: read, hash, decode, colours, model
+inputs) into model batches and are upserted batch by batch. Point ids derive from paths and each point
 is written whole, so killing a sync at any moment and running it again
 converges: written points are unchanged next time, the rest is redone.
 """
@@ -18,26 +18,21 @@ import hashlib
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
 from indexer.encoders import Encoder, default_model, load_encoder, model_id_for, parse_models
+from indexer.encoders.exported import cpu_count
 from indexer.errors import BadInputError, OptionError
-from indexer.images import load_rgb, read_file
+from indexer.images import read_file
+from indexer.prepare import PROCESSES_FROM, Job, Prepared, Preparer
 from indexer.scan import Scan, SourceImage, display_path
 from indexer.store import Catalogue, IndexedImage, Point, StorageSettings, image_payload, point_id
 from indexer.store.schema import CATALOGUE_SOURCE, COLOUR, shard_of
-
-#: JPEGs decode at reduced scale down to this short side: models need 224-260 px, colours 96.
-DECODE_SHORT_SIDE = 512
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass
@@ -52,6 +47,7 @@ class SyncReport:
     views_removed: int = 0  # store views whose product left the DAM
     views_restored: int = 0  # store views re-embedded from the feedback store after a rebuild (by the CLI)
     encoded: int = 0
+    prepared_by: str | None = None  # "4 processes" or "4 threads": who read, decoded and prepared the images
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
     dry_run: bool = False
@@ -71,6 +67,7 @@ class SyncReport:
             "store_views_removed": self.views_removed,
             "store_views_restored": self.views_restored,
             "encoded": self.encoded,
+            "prepared_by": self.prepared_by,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.encoded / self.stages["encode_wall"], 2) if self.encoded else None,
             "stages": {k: round(v, 3) for k, v in self.stages.items()},
@@ -90,16 +87,6 @@ class _Plan:
     new: set[str]
 
 
-@dataclass
-class _Prepared:
-    source: SourceImage
-    sha256: str
-    inputs: list[np.ndarray] | None = None  # one per encoder; None when the hash proved it unchanged
-    colour: dict | None = None
-    error: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 def sync(
     root: Path,
     scanned: Scan,
@@ -113,7 +100,8 @@ def sync(
     dtype: str = "auto",
     cache_dir: Path | None = None,
     batch_size: int | None = None,
-    workers: int = 4,
+    workers: int | None = None,
+    processes: bool | None = None,
     colours: int = 3,
     storage: dict | None = None,
     shard: tuple[int, int] | None = None,
@@ -134,6 +122,8 @@ def sync(
     `reindex` over the collection's own; an existing collection refuses a
     change (settings are fixed when a collection is made).
     `runtime` and `cache_dir` choose how models run (`indexer.encoders.load_encoder`).
+    `workers` prepare the images (default: one per core): in processes, or threads for fewer than
+    PROCESSES_FROM images; `processes` forces one or the other (`indexer.prepare`).
     `shard` (index, count): this worker's part of the folder only, so that `count` workers index one
     folder into one collection at once; each deletes only its own vanished points.
     `on_plan(total)` is called once the number of images to read is known,
@@ -216,7 +206,7 @@ def sync(
 
     if on_plan:
         on_plan(len(plan.to_encode))
-    _encode_all(plan, encoders, catalogue, report, workers=workers, colours=colours, progress=progress)
+    _encode_all(plan, encoders, catalogue, report, workers=workers, processes=processes, colours=colours, progress=progress)
     report.updated += report.metadata_only
     if report.deleted or report.updated or report.added:
         # Store views are not DAM files, so the plan never deletes them; a product gone from the DAM takes its views along.
@@ -318,53 +308,27 @@ def _metadata_payload(source: SourceImage, sha256: str) -> dict:
     )
 
 
-def _prepare(source: SourceImage, known_sha256: str | None, encoders: list[Encoder], colours: int) -> _Prepared:
-    """Worker-thread stage: read, hash, decode, colours, model inputs. Never raises for bad files.
-
-    Stage times are this thread's CPU time: what each stage costs, whatever the other threads do.
-    """
-    from indexer.colour import extract_palette
-
-    clock = time.thread_time
-    t0 = clock()
-    try:
-        data = read_file(source.path, label=source.relative)
-    except BadInputError as exc:
-        return _Prepared(source, "", error=_reason(exc, source))
-    sha = _sha256(data)
-    t1 = clock()
-    if sha == known_sha256:
-        return _Prepared(source, sha, timings={"read": t1 - t0})  # touched, not changed
-    try:
-        image = load_rgb(data, name=source.relative, draft=DECODE_SHORT_SIDE)
-    except BadInputError as exc:
-        return _Prepared(source, sha, error=_reason(exc, source))
-    t2 = clock()
-    colour = extract_palette(image, k=colours).to_payload()
-    t3 = clock()
-    inputs = [encoder.preprocess(image) for encoder in encoders]
-    t4 = clock()
-    timings = {"read": t1 - t0, "decode": t2 - t1, "colour": t3 - t2, "preprocess": t4 - t3}
-    return _Prepared(source, sha, inputs=inputs, colour=colour, timings=timings)
-
-
 def _encode_all(
     plan: _Plan,
     encoders: list[Encoder],
     catalogue: Catalogue,
     report: SyncReport,
     *,
-    workers: int,
+    workers: int | None,
+    processes: bool | None,
     colours: int,
     progress: Callable[[int], object] | None,
 ) -> None:
-    """Stream the images to encode through worker threads into model batches and upserts.
+    """Stream the images to encode through the preparing workers into model batches and upserts.
 
-    Batches go to the encoders' lanes (`Encoder.lanes`): on the CPU one single-threaded forward per
-    core, each on its own batch, while the workers prepare the next images; points are upserted in
-    order as their batches come back. `encode` sums the forwards' wall time over the lanes.
+    Workers (`indexer.prepare`: processes, or threads for small jobs) read, decode and prepare the
+    images in order. Batches go to the encoders' lanes (`Encoder.lanes`): on the CPU one
+    single-threaded forward per core, each on its own batch, while the workers prepare the next
+    images; points are upserted in order as their batches come back. `encode` sums the forwards'
+    wall time over the lanes, `encode_cpu` their threads' CPU time (all of an ONNX lane's, which
+    runs on its caller's thread).
     """
-    stages = dict.fromkeys(("read", "decode", "colour", "preprocess", "encode", "upsert"), 0.0)
+    stages = dict.fromkeys(("read", "decode", "colour", "preprocess", "encode", "encode_cpu", "upsert"), 0.0)
     vector_names = [e.spec.vector for e in encoders]
     batch_size = max((e.batch_size for e in encoders), default=32)
     lanes = [encoder.lanes() for encoder in encoders]
@@ -372,43 +336,48 @@ def _encode_all(
     free: queue.SimpleQueue[int] = queue.SimpleQueue()
     for lane in range(count):
         free.put(lane)
-    batch: list[_Prepared] = []
+    steps = [encoder.input_step() for encoder in encoders]
+    portable = all(step is not None for step in steps)
+    if processes is None:
+        processes = portable and len(plan.to_encode) >= PROCESSES_FROM
+    elif processes and not portable:
+        processes = False  # a model whose preprocessing only runs beside it (a processor we cannot write down)
+    steps = [step or encoder.preprocess for step, encoder in zip(steps, encoders)]
+    batch: list[tuple[SourceImage, Prepared]] = []
     started = time.perf_counter()
 
-    def forward(items: list[_Prepared]) -> tuple[list[np.ndarray], float]:
+    def forward(items: list[tuple[SourceImage, Prepared]]) -> tuple[list[np.ndarray], float, float]:
         lane = free.get()  # as many forwards at once as there are lanes, each lane on one thread
         try:
-            t = time.perf_counter()
-            vectors = [embed[lane]([item.inputs[i] for item in items]) for i, embed in enumerate(lanes)]
-            return vectors, time.perf_counter() - t
+            t, cpu = time.perf_counter(), time.thread_time()
+            vectors = [embed[lane]([item.inputs[i] for _, item in items]) for i, embed in enumerate(lanes)]
+            return vectors, time.perf_counter() - t, time.thread_time() - cpu
         finally:
             free.put(lane)
 
-    def store(items: list[_Prepared], vectors: list[np.ndarray], seconds: float) -> None:
+    def store(items: list[tuple[SourceImage, Prepared]], vectors: list[np.ndarray], seconds: float, cpu: float) -> None:
         t = time.perf_counter()
         catalogue.upsert(
             [
                 Point(
-                    id=point_id(item.source.relative),
+                    id=point_id(source.relative),
                     vectors={name: vectors[i][row] for i, name in enumerate(vector_names)},
-                    payload={**_metadata_payload(item.source, item.sha256), COLOUR: item.colour},
+                    payload={**_metadata_payload(source, item.sha256), COLOUR: item.colour},
                 )
-                for row, item in enumerate(items)
+                for row, (source, item) in enumerate(items)
             ]
         )
         stages["encode"] += seconds
+        stages["encode_cpu"] += cpu
         stages["upsert"] += time.perf_counter() - t
-        for item in items:
-            if item.source.relative in plan.new:
+        for source, _ in items:
+            if source.relative in plan.new:
                 report.added += 1
             else:
                 report.updated += 1
         report.encoded += len(items)
         if progress:
             progress(len(items))
-
-    def prepare(job: tuple[SourceImage, str | None]) -> _Prepared:
-        return _prepare(job[0], job[1], encoders, colours)
 
     in_flight: deque = deque()  # (items, future) in order
 
@@ -417,12 +386,20 @@ def _encode_all(
             items, future = in_flight.popleft()
             store(items, *future.result())
 
-    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="forward") as model:
-        for item in _bounded_map(prepare, plan.to_encode, workers, window=4 * batch_size):
+    workers = workers or cpu_count()
+    if plan.to_encode:
+        report.prepared_by = f"{workers} {'processes' if processes else 'threads'}"
+    jobs = (Job(source.path, source.relative, known) for source, known in plan.to_encode)
+    sources = (source for source, _ in plan.to_encode)
+    with (
+        Preparer(steps, colours, workers=workers, processes=processes) as preparer,
+        ThreadPoolExecutor(max_workers=count, thread_name_prefix="forward") as model,
+    ):
+        for source, item in zip(sources, preparer.map(jobs, window=4 * batch_size)):
             for stage, seconds in item.timings.items():
                 stages[stage] += seconds
             if item.inputs is not None:
-                batch.append(item)
+                batch.append((source, item))
                 if len(batch) >= batch_size:
                     in_flight.append((batch, model.submit(forward, batch)))
                     batch = []
@@ -431,9 +408,9 @@ def _encode_all(
             if item.error is not None:
                 # Reported, and a point it had stays: a file unreadable this time (a glitch, a file being
                 # copied, a mount going away) must not lose its last good point. The next sync tries again.
-                report.failed.append((item.source.relative, item.error))
+                report.failed.append((source.relative, item.error))
             else:
-                catalogue.set_payload([point_id(item.source.relative)], _metadata_payload(item.source, item.sha256))
+                catalogue.set_payload([point_id(source.relative)], _metadata_payload(source, item.sha256))
                 report.unchanged += 1
             if progress:
                 progress(1)
@@ -446,15 +423,3 @@ def _encode_all(
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int) -> Iterator[R]:
-    """`map` over a thread pool, in order, with at most `window` results waiting in memory."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()

@@ -99,12 +99,12 @@ def test_weighted_clustering_equals_scipys_kmeans2_on_the_expanded_pixels():
         bins = _bin_index(rgb)
         mask = foreground_mask(srgb_to_lab(rgb))
         lab, counts = _binned_lab(rgb[mask], bins[mask])
-        start = _kmeans_plus_plus(lab, counts, 3, seed=0)
-        ours, labels = _lloyd(lab, counts, start)
+        start = _kmeans_plus_plus(lab, counts, 3, seeds=[0])
+        ours, labels = (run[0] for run in _lloyd(lab, counts, start))
         pixels = np.repeat(lab, counts.astype(int), axis=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            theirs, their_labels = kmeans2(pixels, start.copy(), iter=20, minit="matrix")
+            theirs, their_labels = kmeans2(pixels, start[0].copy(), iter=20, minit="matrix")
         assert np.allclose(ours, theirs, atol=1e-9), path.name
         mass = np.bincount(labels, weights=counts, minlength=3)
         assert np.array_equal(mass, np.bincount(their_labels, minlength=3)), path.name

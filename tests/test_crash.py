@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from conftest import all_points, open_store, studio_shot
@@ -143,3 +144,58 @@ def test_store_killed_mid_index_build_reopens_whole(tmp_path):
             probe = np.random.default_rng(0).normal(size=64)  # the first point's own vector
             assert catalogue.nearest(probe, "m", 1)[0].id == point_id("0")
         shutil.rmtree(store)
+
+
+def test_preparing_processes_leave_with_a_sync_killed_9(tmp_path, tiny_clip):
+    """A sync of a big folder prepares images in worker processes; kill -9 of the sync must not
+    leave them waiting forever (nothing tells them, and no end-of-file reaches them)."""
+    from indexer.prepare import PROCESSES_FROM
+
+    dam = tmp_path / "dam"
+    for i in range(PROCESSES_FROM + 40):
+        studio_shot(dam / f"P{i:03d}.png", (i % 256, 90, 200 - i % 200), size=64)
+    process = subprocess.Popen(
+        sync_command(dam, tmp_path / "qdrant", tiny_clip, "--batch-size", "2", "--workers", "2", "-q"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers: set[int] = set()
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline and process.poll() is None:
+        workers = {pid for pid in _children(process.pid) if b"multiprocessing.spawn" in _command_line(pid)}
+        time.sleep(0.1)
+    assert len(workers) == 2, "the sync finished or failed before its workers could be seen"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while workers and time.monotonic() < deadline:
+        workers = {pid for pid in workers if _alive(pid)}
+        time.sleep(0.1)
+    assert not workers, f"worker processes {sorted(workers)} outlived the killed sync"
+
+
+def _children(parent: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait is missing

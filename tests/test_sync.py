@@ -376,3 +376,44 @@ def test_bad_shard_values_and_reindex_with_a_shard_are_usage_errors(cli, dam, st
     assert result.exit_code == 2 and "I/N" in result.stderr
     result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--shard", "0/2", "--reindex")
     assert result.exit_code == 2 and "without --shard" in result.stderr
+
+
+def test_images_prepared_in_processes_make_the_points_threads_make(dam, tmp_path, tiny_clip):
+    """Big jobs are prepared in worker processes, small ones in threads: same vectors, same colours,
+    and a bad file is reported alike."""
+    from indexer.scan import scan
+    from indexer.store import open_store as open_embedded
+    from indexer.sync import sync
+
+    (dam / "text.jpg").write_text("this is not a jpeg")
+    points, reports = {}, {}
+    for processes in (True, False):
+        path = tmp_path / f"store-{processes}"
+        with open_embedded(path=path, create=True) as handle:
+            reports[processes] = sync(
+                dam, scan(dam), handle.collection("catalogue"), model=tiny_clip, workers=2, processes=processes
+            )
+        points[processes] = {p.id: p for p in all_points(str(path), with_vectors=True)}
+    assert (reports[True].prepared_by, reports[False].prepared_by) == ("2 processes", "2 threads")
+    assert reports[True].failed == reports[False].failed and [p for p, _ in reports[True].failed] == ["text.jpg"]
+    assert reports[True].added == reports[False].added == 16
+    assert points[True].keys() == points[False].keys()
+    for pid, point in points[False].items():
+        assert points[True][pid].payload == point.payload
+        for name, vector in point.vector.items():
+            assert np.array_equal(points[True][pid].vector[name], vector)
+
+
+def test_a_preparing_process_that_dies_stops_the_job_with_one_line(tmp_path, monkeypatch):
+    """A worker killed (out of memory, a crashing decoder) is an error that says to run again, not a hang."""
+    from indexer.errors import CatalogueError
+    from indexer.prepare import Job, Preparer
+
+    (tmp_path / "dying_step.py").write_text("import os\n\ndef die(image):\n    os._exit(9)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers start with the parent's sys.path
+    import dying_step
+
+    jobs = [Job(path, path.name) for path in sorted((DATA / "dam").glob("*.jpeg"))]
+    with pytest.raises(CatalogueError, match=r"worker process preparing images died.*run the same command again"):
+        with Preparer([dying_step.die], 3, workers=1, processes=True) as preparer:
+            list(preparer.map(jobs, window=8))

@@ -89,6 +89,11 @@ class Encoder(ABC):
         """The model input for one RGB image: float32 (C, H, W) for torch, uint8 (H, W, 3) for an
         exported graph, which normalises the batch itself. Thread-safe, CPU only."""
 
+    def input_step(self) -> Callable[[Image.Image], np.ndarray] | None:
+        """`preprocess` as a small picklable callable that worker processes can run without this
+        encoder (no model, no torch), or None where only this process can preprocess."""
+        return None
+
     @abstractmethod
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Unnormalised features for a stacked batch of `preprocess` outputs."""

@@ -65,6 +65,13 @@ class CLIPEncoder(Encoder):
         pixels = self._processor(images=image, return_tensors="np")["pixel_values"]
         return pixels[0].astype(np.float32)
 
+    def input_step(self):
+        """The recipe, equal to the processor to 1e-6 (tested); None for settings it does not cover."""
+        try:
+            return self.recipe
+        except ValueError:
+            return None
+
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         from indexer.encoders import _torch
 

@@ -99,6 +99,9 @@ class EfficientNetLiteEncoder(Encoder):
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.recipe(image)
 
+    def input_step(self):
+        return self.recipe
+
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         from indexer.encoders import _torch
 

@@ -188,6 +188,9 @@ class OnnxEncoder(Encoder):
         """uint8 (H, W, 3): the graph normalises a whole batch at once."""
         return self.recipe.pixels(image)
 
+    def input_step(self):
+        return self.recipe.pixels
+
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([_OUTPUT], {_INPUT: np.ascontiguousarray(batch, dtype=np.uint8)})[0]
 
