@@ -90,11 +90,12 @@ read -r BARE BATCH < "$WORK/vit/best.txt" || true
 import json, sys
 report, bare = json.load(open(sys.argv[1])), float(sys.argv[2])
 rate = report["images_per_second"]
-print(f"indexer sync: {report['encoded']} images at {rate:.0f} images/s = {rate / bare:.0%} of the bare model")
+print(f"indexer sync: {report['encoded']} images at {rate:.0f} images/s = {rate / bare:.0%} of the bare model, "
+      f"prepared by {report['prepared_by']}")
 stages = report["stages"]
 n = report["encoded"]
 print("stages, per image: " + ", ".join(f"{k} {v / n * 1000:.2f} ms" for k, v in stages.items() if k in ("read", "decode", "colour", "preprocess"))
-      + " (worker CPU); " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items() if k in ("encode", "upsert", "encode_wall", "index")) + " (wall)")
+      + " (workers' CPU); " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items() if k in ("encode", "upsert", "encode_wall", "index")) + " (wall)")
 EOF
 
 # -- 3. the GPU tests -------------------------------------------------------------------------------

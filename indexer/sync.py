@@ -22,17 +22,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from indexer.encoders import Encoder, default_model, load_encoder, model_id_for, parse_models
-from indexer.encoders.exported import cpu_count
 from indexer.errors import BadInputError, OptionError
 from indexer.images import read_file
-from indexer.prepare import PROCESSES_FROM, Job, Prepared, Preparer
 from indexer.scan import Scan, SourceImage, display_path
 from indexer.store import Catalogue, IndexedImage, Point, StorageSettings, image_payload, point_id
 from indexer.store.schema import CATALOGUE_SOURCE, COLOUR, shard_of
+
+if TYPE_CHECKING:
+    from indexer.prepare import Prepared
 
 
 @dataclass
@@ -328,6 +330,9 @@ def _encode_all(
     wall time over the lanes, `encode_cpu` their threads' CPU time (all of an ONNX lane's, which
     runs on its caller's thread).
     """
+    from indexer.encoders.exported import cpu_count
+    from indexer.prepare import PROCESSES_FROM, Job, Preparer
+
     stages = dict.fromkeys(("read", "decode", "colour", "preprocess", "encode", "encode_cpu", "upsert"), 0.0)
     vector_names = [e.spec.vector for e in encoders]
     batch_size = max((e.batch_size for e in encoders), default=32)
