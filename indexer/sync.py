@@ -125,7 +125,9 @@ def sync(
     change (settings are fixed when a collection is made).
     `runtime` and `cache_dir` choose how models run (`indexer.encoders.load_encoder`).
     `workers` prepare the images (default: one per core): in processes, or threads for fewer than
-    PROCESSES_FROM images; `processes` forces one or the other (`indexer.prepare`).
+    PROCESSES_FROM images; `processes` forces one or the other (`indexer.prepare`). Processes are
+    spawned, so they import the calling script: a script must guard its entry point with
+    `if __name__ == "__main__":`, or pass `processes=False`.
     `shard` (index, count): this worker's part of the folder only, so that `count` workers index one
     folder into one collection at once; each deletes only its own vanished points.
     `on_plan(total)` is called once the number of images to read is known,
