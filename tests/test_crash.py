@@ -152,7 +152,7 @@ def test_preparing_processes_leave_with_a_sync_killed_9(tmp_path, tiny_clip):
     from indexer.prepare import PROCESSES_FROM
 
     dam = tmp_path / "dam"
-    for i in range(PROCESSES_FROM + 40):
+    for i in range(2 * PROCESSES_FROM):  # long enough to be caught running on a fast machine too
         studio_shot(dam / f"P{i:03d}.png", (i % 256, 90, 200 - i % 200), size=64)
     process = subprocess.Popen(
         sync_command(dam, tmp_path / "qdrant", tiny_clip, "--batch-size", "2", "--workers", "2", "-q"),
