@@ -71,9 +71,9 @@ def best_bare(encoders, inputs: list[list], images: int) -> dict[str, tuple[floa
 def prepare_alone(scanned, encoders, workers: int) -> dict:
     """Images/s of the preparation alone (read, decode, palette, model inputs; no model), in
     `workers` threads and in `workers` processes: whether it scales with cores, as a GPU needs."""
-    from indexer.prepare import Job, Preparer
+    from indexer.prepare import Job, Preparer, input_steps
 
-    steps = [e.input_step() or e.preprocess for e in encoders]
+    steps, _ = input_steps(encoders)
     jobs = [Job(s.path, s.relative) for s in scanned.images]
     rates = {}
     for processes in (False, True):

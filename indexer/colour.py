@@ -64,7 +64,7 @@ def _lab_dict(lab: np.ndarray) -> dict:
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB (uint8, any shape ending in 3) to CIELAB under D65, the standard pairing.
 
-    float32: within 1e-4 delta E of float64 over every sRGB colour, at half the cost (it runs on
+    float32: within 1e-4 delta E of float64 over a million random sRGB colours, at half the cost (it runs on
     every pixel of every catalogue image).
     """
     xyz = _SRGB_TO_LINEAR_32[np.asarray(rgb, dtype=np.uint8)] @ _LINEAR_TO_WHITE_XYZ_32
@@ -97,11 +97,16 @@ _SRGB_TO_XYZ = np.array(
     ]
 )
 _D65_WHITE = np.array([0.95047, 1.0, 1.08883])
-_levels = np.arange(256) / 255.0
-_SRGB_TO_LINEAR = np.where(_levels <= 0.04045, _levels / 12.92, ((_levels + 0.055) / 1.055) ** 2.4)
 _EPSILON = 216 / 24389
 _KAPPA = 24389 / 27
-_SRGB_TO_LINEAR_32 = _SRGB_TO_LINEAR.astype(np.float32)
+
+
+def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
+    """sRGB's transfer curve undone: encoded 0..1 to linear light 0..1."""
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+_SRGB_TO_LINEAR_32 = _srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
 _LINEAR_TO_WHITE_XYZ_32 = (_SRGB_TO_XYZ / _D65_WHITE[:, None]).T.astype(np.float32)
 
 
@@ -164,8 +169,7 @@ def _binned_lab(rgb: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def _rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """`srgb_to_lab` for float sRGB in 0..255 (bin means), shape (n, 3)."""
-    v = rgb / 255.0
-    return _linear_to_lab(np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4))
+    return _linear_to_lab(_srgb_to_linear(rgb / 255.0))
 
 
 def foreground_mask(lab: np.ndarray) -> np.ndarray:

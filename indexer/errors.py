@@ -31,6 +31,10 @@ class OptionError(CatalogueError):
 class BadInputError(CatalogueError):
     exit_code = 3
 
+    def without(self, label: str) -> str:
+        """The message without its leading "label: ", for reports that name the file beside it."""
+        return str(self).removeprefix(f"{label}: ")
+
 
 class StoreUnavailable(CatalogueError):
     exit_code = 4

@@ -59,6 +59,14 @@ class Job:
     known_sha256: str | None = None  # the file's recorded hash: skip the decoding if it still matches
 
 
+def input_steps(encoders: Sequence) -> tuple[list[Callable], bool]:
+    """Each encoder's preprocessing as the workers run it, and whether worker processes can run
+    them all (each encoder's picklable `input_step`; threads fall back on `preprocess`)."""
+    steps = [encoder.input_step() for encoder in encoders]
+    portable = all(step is not None for step in steps)
+    return [step or encoder.preprocess for step, encoder in zip(steps, encoders)], portable
+
+
 def prepare(job: Job, steps: Sequence[Callable], colours: int) -> Prepared:
     """Read, hash, decode, palette and one input per step. Never raises for bad files.
 
@@ -71,7 +79,7 @@ def prepare(job: Job, steps: Sequence[Callable], colours: int) -> Prepared:
     try:
         data = read_file(job.path, label=job.label)
     except BadInputError as exc:
-        return Prepared("", error=_reason(exc, job))
+        return Prepared("", error=exc.without(job.label))
     sha = hashlib.sha256(data).hexdigest()
     t1 = clock()
     if sha == job.known_sha256:
@@ -79,17 +87,13 @@ def prepare(job: Job, steps: Sequence[Callable], colours: int) -> Prepared:
     try:
         image = load_rgb(data, name=job.label, draft=DECODE_SHORT_SIDE)
     except BadInputError as exc:
-        return Prepared(sha, error=_reason(exc, job))
+        return Prepared(sha, error=exc.without(job.label))
     t2 = clock()
     colour = extract_palette(image, k=colours).to_payload()
     t3 = clock()
     inputs = [step(image) for step in steps]
     t4 = clock()
     return Prepared(sha, inputs, colour, timings={"read": t1 - t0, "decode": t2 - t1, "colour": t3 - t2, "preprocess": t4 - t3})
-
-
-def _reason(exc: BadInputError, job: Job) -> str:
-    return str(exc).removeprefix(f"{job.label}: ")
 
 
 class Preparer:

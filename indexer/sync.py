@@ -268,9 +268,9 @@ def _count_dry_run(plan: _Plan, report: SyncReport) -> None:
     for source, known in plan.to_encode:
         if known is not None:
             try:
-                same = _sha256(read_file(source.path, label=source.relative)) == known
+                same = hashlib.sha256(read_file(source.path, label=source.relative)).hexdigest() == known
             except BadInputError as exc:
-                report.failed.append((source.relative, _reason(exc, source)))
+                report.failed.append((source.relative, exc.without(source.relative)))
                 continue
             if same:
                 report.unchanged += 1
@@ -283,10 +283,6 @@ def _count_dry_run(plan: _Plan, report: SyncReport) -> None:
     report.metadata_only = len(plan.payload_only)
     report.deleted = len(plan.to_delete)
     report.unchanged += plan.unchanged
-
-
-def _reason(exc: BadInputError, source: SourceImage) -> str:
-    return str(exc).removeprefix(f"{source.relative}: ")
 
 
 def _metadata_differs(source: SourceImage, stored: IndexedImage) -> bool:
@@ -333,7 +329,7 @@ def _encode_all(
     runs on its caller's thread).
     """
     from indexer.encoders.exported import cpu_count
-    from indexer.prepare import PROCESSES_FROM, Job, Preparer
+    from indexer.prepare import PROCESSES_FROM, Job, Preparer, input_steps
 
     stages = dict.fromkeys(("read", "decode", "colour", "preprocess", "encode", "encode_cpu", "upsert"), 0.0)
     vector_names = [e.spec.vector for e in encoders]
@@ -343,13 +339,11 @@ def _encode_all(
     free: queue.SimpleQueue[int] = queue.SimpleQueue()
     for lane in range(count):
         free.put(lane)
-    steps = [encoder.input_step() for encoder in encoders]
-    portable = all(step is not None for step in steps)
+    steps, portable = input_steps(encoders)
     if processes is None:
         processes = portable and len(plan.to_encode) >= PROCESSES_FROM
     elif processes and not portable:
         processes = False  # a model whose preprocessing only runs beside it (a processor we cannot write down)
-    steps = [step or encoder.preprocess for step, encoder in zip(steps, encoders)]
     batch: list[tuple[SourceImage, Prepared]] = []
     started = time.perf_counter()
 
@@ -426,7 +420,3 @@ def _encode_all(
         collect(keep=0)
     stages["encode_wall"] = time.perf_counter() - started
     report.stages.update(stages)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

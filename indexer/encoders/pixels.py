@@ -5,7 +5,7 @@ The ONNX runtime path must not import torch or transformers (together over
 recipe: plain data that an export records in its sidecar, and a call that
 turns one RGB image into the model's (C, H, W) float32 input. The call is two
 steps, kept apart so the costly one runs per image and the cheap one per
-batch: `pixels` (resize and crop: uint8 (H, W, 3), in worker threads) and
+batch: `pixels` (resize and crop: uint8 (H, W, 3), in a sync's workers) and
 `normalise` (a stacked uint8 batch to float32 (N, C, H, W)); an exported
 graph takes the uint8 batch and normalises inside (`exported.py`).
 
