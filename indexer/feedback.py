@@ -176,8 +176,9 @@ class FeedbackLog:
                     by,
                 ),
             )
-            entry_id = cursor.lastrowid
-        return self.get(entry_id), replaced
+            # Read back in the same transaction: once it ends, a later answer for the photo may replace this one.
+            added = db.execute("SELECT * FROM feedback WHERE id = ?", (cursor.lastrowid,)).fetchone()
+        return _entry(added, self.folder), replaced
 
     def remove(self, entry_id: int) -> Feedback | None:
         """Forget an entry and its photo; the entry, or None if there was none."""
