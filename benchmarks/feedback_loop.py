@@ -62,9 +62,9 @@ def main() -> int:
 
         settings = [Setting("colour", True, DEFAULT_ALPHA, DEFAULT_THRESHOLD)]
 
-        def measure(searcher, queries, skipped=()):
+        def measure(searcher, queries, skipped=(), filters=()):
             """Metrics, and per photo (by content hash): was its top-1 right, did a store view win it."""
-            evaluation = evaluate(searcher, queries, settings, skipped=list(skipped))
+            evaluation = evaluate(searcher, queries, settings, skipped=list(skipped), filters=filters)
             answers = {
                 hashlib.sha256(Path(r.photo).read_bytes()).hexdigest(): (r.ranks["colour"] == 1, r.top["colour"][0].source)
                 for r in evaluation.results
@@ -104,12 +104,11 @@ def main() -> int:
             if args.dev and not args.latency_only:
                 dev_queries, dev_skipped = folder_queries(args.dev, read_ground_truth(args.dev / "ground_truth.csv"))
                 print(f"\ndev photos among {args.count} synthetic store views of other products:")
-                from dataclasses import replace
 
                 from search.options import SearchOptions
 
-                catalogue_only = [replace(q, filters=SearchOptions(store_views=False).query_filters) for q in dev_queries]
-                baseline = row("catalogue only", *measure(searcher, catalogue_only, dev_skipped))
+                catalogue_only = SearchOptions(store_views=False).query_filters
+                baseline = row("catalogue only", *measure(searcher, dev_queries, dev_skipped, catalogue_only))
                 row("with the synthetic views", *measure(searcher, dev_queries, dev_skipped), baseline)
             rng = np.random.default_rng(0)
             for size in [int(v) for v in args.latency_views.split(",") if int(v) > 0]:
@@ -171,14 +170,14 @@ def confirm_folder(searcher, folder: Path) -> list[float]:
 def top_up(searcher, size: int, rng) -> None:
     """Add noisy copies of the real store views (spread over random products) until there are `size`."""
     from indexer.store import Point
-    from indexer.store.schema import FEEDBACK, NOT_STORE_VIEWS, PRODUCT_ID, SOURCE, STORE_SOURCE
+    from indexer.store.schema import FEEDBACK, NOT_STORE_VIEWS, PRODUCT_ID, SOURCE, STORE_SOURCE, STORE_VIEWS
 
     catalogue = searcher.catalogue
     real = [pid for pid, _ in catalogue.store_views()]
     names = [s.vector for s in searcher.specs]
     stored = catalogue.vectors(real, names)
     products = sorted({p.get(PRODUCT_ID) for _, p in catalogue.scroll((PRODUCT_ID,), NOT_STORE_VIEWS)})
-    missing = size - catalogue.count(((SOURCE, STORE_SOURCE),))
+    missing = size - catalogue.count(STORE_VIEWS)
     for start in range(0, max(0, missing), 512):
         points = []
         for i in range(start, min(missing, start + 512)):
@@ -195,7 +194,7 @@ def top_up(searcher, size: int, rng) -> None:
 
 def latency(searcher, photos: list[Path]) -> str:
     """p50 / p95 of the store query and ranking, and of the whole search, over `photos` (after 3 warm-ups)."""
-    from indexer.store.schema import SOURCE, STORE_SOURCE
+    from indexer.store.schema import STORE_VIEWS
     from search.options import SearchOptions
 
     options = SearchOptions()
@@ -206,7 +205,7 @@ def latency(searcher, photos: list[Path]) -> str:
         result = searcher.search_file(photo, options)
         query.append(result.timings["query"] + result.timings["rank"])
         whole.append(result.timings["total"])
-    views = searcher.catalogue.count(((SOURCE, STORE_SOURCE),))
+    views = searcher.catalogue.count(STORE_VIEWS)
 
     def ms(values):
         return f"{statistics.median(values) * 1000:6.1f} / {np.percentile(values, 95) * 1000:6.1f} ms"

@@ -8,6 +8,7 @@ import click
 
 from indexer.cli_common import (
     Commands,
+    catalogue_or_server,
     device_option,
     emit_json,
     model_loading,
@@ -217,17 +218,18 @@ def _restore_views(catalogue, loading: dict, quiet: bool) -> int:
     from search.views import StoreViews
 
     views = StoreViews(catalogue)
-    if not views.log.entries():
+    if not len(views.log):
         return 0
     from search.query import Searcher
 
     views.searcher = Searcher(catalogue, **loading)
-    entries = len(views.log)
-    bar = progress_bar(entries, "store views", enabled=not quiet)
-    try:
-        return views.restore(progress=bar.update)["restored"]
-    finally:
-        bar.close()
+    return _restore(views, quiet)["restored"]
+
+
+def _restore(views, quiet: bool) -> dict:
+    """Every kept photo re-embedded as a store view, with a progress bar."""
+    with progress_bar(len(views.log), "store views", enabled=not quiet) as bar:
+        return views.restore(progress=bar.update)
 
 
 def _print_report(dam: Path, report, as_json: bool) -> None:
@@ -283,7 +285,7 @@ def info(qdrant_path, qdrant_url, collection, as_json) -> None:
     if not catalogue.exists():
         raise BadInputError(f"no collection '{collection}' in this store; create it with: indexer sync DAM_FOLDER")
     from indexer.feedback import FeedbackLog
-    from indexer.store.schema import SOURCE, STORE_SOURCE
+    from indexer.store.schema import STORE_VIEWS
 
     images = list(catalogue.indexed_images())
     meta = catalogue.record()
@@ -291,7 +293,7 @@ def info(qdrant_path, qdrant_url, collection, as_json) -> None:
     data = {
         "collection": collection,
         "images": len(images),
-        "store_views": catalogue.count(((SOURCE, STORE_SOURCE),)),
+        "store_views": catalogue.count(STORE_VIEWS),
         "feedback": {"entries": len(log), "folder": str(log.folder)},
         "products": len({i.product_id for i in images}),
         "categories": sorted({i.category for i in images if i.category}),
@@ -431,19 +433,10 @@ def feedback_add(
 
 
 def _catalogue_or_server(qdrant_path, qdrant_url, collection):
-    """(None, the collection), or (the search serve holding the embedded store, None): feedback then goes through it."""
-    from indexer.errors import StoreInUse
-
-    try:
-        return None, open_catalogue(qdrant_path, qdrant_url, collection)
-    except StoreInUse as exc:
-        from search.serve import handoff
-
-        server = handoff.server_for(exc)
-        if server is None:
-            raise
+    server, catalogue = catalogue_or_server(qdrant_path, qdrant_url, collection)
+    if server is not None:
         click.echo(f"(through search serve at {server['url']}, which holds the store)", err=True)
-        return server, None
+    return server, catalogue
 
 
 def _print_recorded(photo, recorded: dict, limit: int) -> None:
@@ -558,11 +551,7 @@ def feedback_restore(qdrant_path, qdrant_url, collection, device, runtime, dtype
 
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
     views = StoreViews(catalogue, searcher=Searcher(catalogue, **model_loading(device, runtime, dtype)))
-    bar = progress_bar(len(views.log), "store views", enabled=not quiet)
-    try:
-        done = views.restore(progress=bar.update)
-    finally:
-        bar.close()
+    done = _restore(views, quiet)
     if as_json:
         emit_json(done)
     else:

@@ -137,6 +137,22 @@ def open_catalogue(qdrant_path: str | None, qdrant_url: str | None, collection: 
     return store.collection(collection)
 
 
+def catalogue_or_server(qdrant_path: str | None, qdrant_url: str | None, collection: str):
+    """(None, the collection), or (the `search serve` holding the embedded store, None): the command
+    then goes through that server (`search.serve.handoff`) instead of failing on the store's lock."""
+    from indexer.errors import StoreInUse
+
+    try:
+        return None, open_catalogue(qdrant_path, qdrant_url, collection)
+    except StoreInUse as exc:
+        from search.serve import handoff
+
+        server = handoff.server_for(exc)
+        if server is None:
+            raise
+        return server, None
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (docker stop, kill, a CI timeout): stopped like Ctrl-C, with a message and exit 143."""
 

@@ -8,6 +8,7 @@ import click
 
 from indexer.cli_common import (
     Commands,
+    catalogue_or_server,
     device_option,
     emit_json,
     model_loading,
@@ -196,23 +197,17 @@ def image(
     import time
 
     from indexer.cli_common import process_age
-    from indexer.errors import BadInputError, StoreInUse
+    from indexer.errors import BadInputError
 
     started, t0 = process_age(), time.perf_counter()
     options = _options(top_k, candidates, alpha, threshold, no_colour, filters, min_confidence, no_store_views)
     missing = [p for p in photos if not p.is_file()]
     if len(missing) == len(photos):
         raise BadInputError(f"{missing[0]}: no such file")
-    server = None
-    try:
-        catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
-    except StoreInUse as exc:
+    server, catalogue = catalogue_or_server(qdrant_path, qdrant_url, collection)
+    if server is not None:  # the store's holder is a search serve: it answers for us
         from search.serve import handoff
 
-        server = handoff.server_for(exc)  # the store's holder is a search serve: it answers for us
-        if server is None:
-            raise
-    if server is not None:
         results, failures = _search_remotely(server, photos, handoff.query_of(options, locate))
         _print_results(results, options, as_json, multiple=len(photos) > 1)
         if verbose:

@@ -50,7 +50,6 @@ class Query:
     name: str
     photo: Path
     references: list[str]  # image paths, file names or product ids; empty: not in the catalogue
-    filters: Filters = ()  # added to the search's (every query also leaves out its photo's own store view)
     box: tuple[int, int, int, int] | None = None  # where the product is, when known
 
 
@@ -321,8 +320,8 @@ def evaluate(
             continue
         # A photo staff confirmed is in the collection as a store view: leave it out, or it wins by itself.
         own_view = not_this_photo(hashlib.sha256(data).hexdigest())
-        everything = searcher.candidates(features, total, (*filters, *query.filters, *own_view))
-        evidence = searcher.evidence(features, everything)
+        everything = searcher.candidates(features, total, (*filters, *own_view))
+        evidence = searcher.evidence(features, everything[:candidates])  # the candidates a search weighs, no more
         result = QueryResult(
             query=query.name,
             expected=expected,

@@ -129,8 +129,10 @@ class StoreViews:
         photo is located as a search would. `answered` is what the search had
         said; without it the search is run now and its answer recorded.
         """
-        if product_id is not None and not self.has_product(product_id):
-            raise BadInputError(f"product {product_id[:80]!r} has no catalogue image in collection {self.catalogue.name!r}")
+        if product_id is not None:
+            exists, category = self._in_catalogue(product_id)
+            if not exists:
+                raise BadInputError(f"product {product_id[:80]!r} has no catalogue image in collection {self.catalogue.name!r}")
         image = load_rgb(data, name=name, draft=QUERY_DECODE_SIDE)
         if box is not None and (box[2] > image.width or box[3] > image.height):
             raise BadInputError(f"box {list(box)} lies outside the {image.width}x{image.height} photo")
@@ -151,7 +153,7 @@ class StoreViews:
             if product_id is None or self.limit == 0:
                 self.catalogue.delete([pid])  # a view from an earlier, contradicted answer goes
                 return Recorded(entry, None, replaced, [])
-            self.catalogue.upsert([self._point(entry, features)])
+            self.catalogue.upsert([self._point(entry, features, category)])
             return Recorded(entry, pid, replaced, self._cap(product_id))
 
     def remove(self, entry_id: int) -> Feedback | None:
@@ -168,16 +170,17 @@ class StoreViews:
         `limit` per product whose product is still in the catalogue; what was done, by reason."""
         done = {"restored": 0, "product_gone": 0, "over_cap": 0, "unreadable": 0}
         kept: dict[str, int] = {}
-        present: dict[str, bool] = {}
+        known: dict[str, tuple[bool, str | None]] = {}  # product: (in the catalogue, category)
         for entry in self.log.entries(newest_first=True):
             if progress:
                 progress(1)
             if entry.product_id is None:
                 continue
             product = entry.product_id
-            if product not in present:
-                present[product] = self.has_product(product)
-            if not present[product]:
+            if product not in known:
+                known[product] = self._in_catalogue(product)
+            exists, category = known[product]
+            if not exists:
                 done["product_gone"] += 1
                 continue
             if kept.get(product, 0) >= self.limit:
@@ -188,7 +191,7 @@ class StoreViews:
             except BadInputError:
                 done["unreadable"] += 1
                 continue
-            self.catalogue.upsert([self._point(entry, features_in_box(self.searcher, image, entry.box))])
+            self.catalogue.upsert([self._point(entry, features_in_box(self.searcher, image, entry.box), category)])
             kept[product] = kept.get(product, 0) + 1
             done["restored"] += 1
         return done
@@ -203,7 +206,7 @@ class StoreViews:
 
     def has_product(self, product_id: str) -> bool:
         """Whether the product has a catalogue image: store views are only ever added to such products."""
-        return bool(self.catalogue.count(((PRODUCT_ID, product_id), *NOT_STORE_VIEWS)))
+        return self.catalogue.has_product(product_id)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -213,11 +216,13 @@ class StoreViews:
         found = self.searcher.candidates(features, options.candidates, (*options.query_filters, *not_this_photo(sha256)))
         return [m.product_id for m in rank(found, features.palette, options)]
 
-    def _point(self, entry: Feedback, features: QueryFeatures) -> Point:
-        category = next(
-            (p.get(CATEGORY) for _, p in self.catalogue.scroll((CATEGORY,), ((PRODUCT_ID, entry.product_id), *NOT_STORE_VIEWS))),
-            None,
-        )
+    def _in_catalogue(self, product_id: str) -> tuple[bool, str | None]:
+        """(whether the product has a catalogue image, its category), in one look: a view takes the category."""
+        for _, payload in self.catalogue.scroll((CATEGORY,), ((PRODUCT_ID, product_id), *NOT_STORE_VIEWS)):
+            return True, payload.get(CATEGORY)
+        return False, None
+
+    def _point(self, entry: Feedback, features: QueryFeatures, category: str | None) -> Point:
         return Point(
             id=view_point_id(entry.sha256),
             vectors={spec.vector: vector for spec, vector in zip(self.searcher.specs, features.vectors)},

@@ -21,8 +21,7 @@ from indexer.store.schema import (
     PATH,
     PRODUCT_ID,
     SCHEMA_VERSION,
-    SOURCE,
-    STORE_SOURCE,
+    STORE_VIEWS,
     SYNC_FIELDS,
     Filters,
     Hit,
@@ -163,15 +162,17 @@ class Catalogue(ABC):
 
     def store_views(self, filters: Filters = ()) -> Iterator[tuple[str, dict]]:
         """(point id, payload) of every store view: store photos staff confirmed, kept as references."""
-        yield from self.scroll((PRODUCT_ID, PATH, CATEGORY, FEEDBACK), (*filters, (SOURCE, STORE_SOURCE)))
+        yield from self.scroll((PRODUCT_ID, PATH, CATEGORY, FEEDBACK), (*filters, *STORE_VIEWS))
+
+    def has_product(self, product_id: str) -> bool:
+        """Whether the product has a catalogue image (its store views do not count)."""
+        return bool(self.count(((PRODUCT_ID, product_id), *NOT_STORE_VIEWS)))
 
     def remove_orphan_views(self) -> int:
         """Delete the store views of products that have no catalogue image left; how many went."""
         views: dict[str, list[str]] = {}
         for pid, payload in self.store_views():
             views.setdefault(payload.get(PRODUCT_ID, ""), []).append(pid)
-        orphans = [
-            pid for product, pids in views.items() if not self.count(((PRODUCT_ID, product), *NOT_STORE_VIEWS)) for pid in pids
-        ]
+        orphans = [pid for product, pids in views.items() if not self.has_product(product) for pid in pids]
         self.delete(orphans)
         return len(orphans)

@@ -64,6 +64,8 @@ SYNC_FIELDS = (PRODUCT_ID, PATH, FILE, CATEGORY, META, SOURCE)
 CANDIDATE_FIELDS = (PRODUCT_ID, PATH, CATEGORY, DOMINANT, SOURCE)
 #: Filters keep points whose `source` is not "store": catalogue images only (also in collections without `source`).
 NOT_STORE_VIEWS = ((f"!{SOURCE}", STORE_SOURCE),)
+#: Filters keeping only the store views.
+STORE_VIEWS = ((SOURCE, STORE_SOURCE),)
 
 #: Collection names become folder names of the embedded store: keep them to a safe alphabet.
 COLLECTION_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")

@@ -29,6 +29,7 @@ from indexer.store.schema import (
     PRODUCT_ID,
     SOURCE,
     STORE_SOURCE,
+    STORE_VIEWS,
 )
 from search.options import SearchOptions
 
@@ -284,7 +285,7 @@ class Service:
             "runtime": [type(e.encoder).__name__ for e in searcher.encoders],
             "root": searcher.root,
             "images": searcher.catalogue.count(NOT_STORE_VIEWS),
-            "store_views": searcher.catalogue.count(((SOURCE, STORE_SOURCE),)),
+            "store_views": searcher.catalogue.count(STORE_VIEWS),
             "feedback": len(self.views.log),
             "products": self._products,
             "categories": sorted(searcher.catalogue.facet(CATEGORY)),
