@@ -11,6 +11,7 @@ from indexer.cli_common import (
     catalogue_or_server,
     device_option,
     emit_json,
+    max_delete_option,
     model_loading,
     open_catalogue,
     progress_bar,
@@ -83,6 +84,7 @@ def _parse_renames(values: tuple[str, ...]) -> dict[str, str]:
     help=r"Product id from the file stem: first group of REGEX, e.g. '^(.+?)(_\d+)?$' maps CODE_2.jpg to CODE.",
 )
 @click.option("--reindex", is_flag=True, help="Drop the collection and encode everything again (needed to change model).")
+@max_delete_option
 @click.option("--dry-run", is_flag=True, help="Only report what would change.")
 @device_option
 @click.option("--batch-size", type=click.IntRange(1), help="Images per model batch [default: 32].")
@@ -135,6 +137,7 @@ def sync(
     manifest_columns,
     id_pattern,
     reindex,
+    max_delete,
     dry_run,
     device,
     runtime,
@@ -155,9 +158,14 @@ def sync(
     images, deletes points of vanished files, and skips the rest without
     reading them. Safe to interrupt: run it again to finish.
 
+    A folder that shares no file with the collection, or lacks more of it
+    than --max-delete, is refused and nothing changes: a wrong mount or
+    another catalogue must not wipe the collection and its store views.
+
     \b
     Exit codes: 0 done, 7 done but some files failed (listed on stderr),
-    3 bad input, 4 store unavailable, 5 model mismatch, 6 model not loadable.
+    2 refused (another folder, --max-delete), 3 bad input, 4 store
+    unavailable, 5 model mismatch, 6 model not loadable.
     """
     from indexer.scan import compile_id_pattern, read_manifest, scan
     from indexer.sync import sync as run_sync
@@ -199,6 +207,7 @@ def sync(
             colours=colours,
             storage=storage,
             shard=shard,
+            max_delete=max_delete,
             on_plan=on_plan,
             progress=lambda n: bar.update(n) if bar else None,
             on_index=on_index,
@@ -206,30 +215,32 @@ def sync(
     finally:
         if bar is not None:
             bar.close()
-    if reindex and not dry_run:
-        report.views_restored = _restore_views(catalogue, model_loading(device, runtime, dtype), quiet)
+    if (reindex or report.returned) and not dry_run:
+        products = None if reindex else set(report.returned)
+        report.views_restored = _restore_views(catalogue, model_loading(device, runtime, dtype), quiet, products)
     _print_report(dam, report, as_json)
     if report.failed:
         raise SystemExit(EXIT_PARTIAL)
 
 
-def _restore_views(catalogue, loading: dict, quiet: bool) -> int:
-    """A rebuilt collection gets its store views back from the feedback store's photos."""
+def _restore_views(catalogue, loading: dict, quiet: bool, products: set[str] | None = None) -> int:
+    """A rebuilt collection gets its store views back from the feedback store's photos; so do `products`
+    that came back to the DAM (their views were set aside when they left)."""
     from search.views import StoreViews
 
     views = StoreViews(catalogue)
-    if not len(views.log):
+    if not len(views.log) or (products is not None and not any(views.log.entries(p) for p in products)):
         return 0
     from search.query import Searcher
 
     views.searcher = Searcher(catalogue, **loading)
-    return _restore(views, quiet)["restored"]
+    return _restore(views, quiet, products)["restored"]
 
 
-def _restore(views, quiet: bool) -> dict:
-    """Every kept photo re-embedded as a store view, with a progress bar."""
+def _restore(views, quiet: bool, products: set[str] | None = None) -> dict:
+    """Every kept photo (of `products`) re-embedded as a store view, with a progress bar."""
     with progress_bar(len(views.log), "store views", enabled=not quiet) as bar:
-        return views.restore(progress=bar.update)
+        return views.restore(progress=bar.update, products=products)
 
 
 def _print_report(dam: Path, report, as_json: bool) -> None:
@@ -256,7 +267,8 @@ def _print_summary(dam: Path, report) -> None:
     click.echo(table(("", "images"), rows, align="lr"))
     if report.views_removed:
         click.echo(
-            f"Removed {report.views_removed} store view(s) of products no longer in the DAM (their photos stay in the feedback store)"
+            f"Set aside {report.views_removed} store view(s) of products no longer in the DAM: the feedback store keeps "
+            "their photos, and they come back with their product"
         )
     if report.views_restored:
         click.echo(f"Restored {report.views_restored} store view(s) from the feedback store")

@@ -106,6 +106,30 @@ def device_option(command: Callable) -> Callable:
     )(command)
 
 
+def _delete_limit(_ctx, _param, value: str):
+    from indexer.sync import DeleteLimit
+
+    try:
+        return DeleteLimit.parse(value)
+    except CatalogueError as exc:
+        raise click.BadParameter(str(exc).removeprefix(f"--max-delete {value[:40]!r}: ")) from None
+
+
+def max_delete_option(command: Callable) -> Callable:
+    """How much of the collection one sync (or --watch pass) may delete; shared by `indexer sync` and `search serve`."""
+    return click.option(
+        "--max-delete",
+        metavar="SHARE|COUNT",
+        default="50%",
+        show_default=True,
+        envvar="CATALOGUE_MAX_DELETE",
+        callback=_delete_limit,
+        help="Refuse (exit 2, nothing changed) to delete more of the collection than this, a share (50%) or a number "
+        "of images: a folder that lost most of its files is more often a wrong mount than a retired catalogue. "
+        "100% to proceed [env CATALOGUE_MAX_DELETE].",
+    )(command)
+
+
 def model_loading(device: str, runtime: str, dtype: str = "auto") -> dict:
     """How the commands load models: on the device asked for, through the runtime asked for, exports in the user cache."""
     from indexer.encoders import default_cache_dir

@@ -46,8 +46,9 @@ class SyncReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # kept their last good point, if they had one
     skipped: list[tuple[str, str]] = field(default_factory=list)  # left out on purpose (format, links out of the DAM)
     metadata_only: int = 0  # of `updated`: payload rewritten, image not re-encoded
-    views_removed: int = 0  # store views whose product left the DAM
-    views_restored: int = 0  # store views re-embedded from the feedback store after a rebuild (by the CLI)
+    views_removed: int = 0  # store views set aside: their product left the DAM (the feedback store keeps their photos)
+    views_restored: int = 0  # store views re-embedded from the feedback store (by the caller, which has the search pipeline)
+    returned: list[str] = field(default_factory=list)  # products that had no catalogue image before this sync and have one now
     encoded: int = 0
     prepared_by: str | None = None  # "4 processes" or "4 threads": who read, decoded and prepared the images
     seconds: float = 0.0
@@ -68,6 +69,7 @@ class SyncReport:
             "metadata_only": self.metadata_only,
             "store_views_removed": self.views_removed,
             "store_views_restored": self.views_restored,
+            "products_returned": len(self.returned),
             "encoded": self.encoded,
             "prepared_by": self.prepared_by,
             "seconds": round(self.seconds, 3),
@@ -78,6 +80,47 @@ class SyncReport:
             "models": self.models,
             "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
         }
+
+
+@dataclass(frozen=True)
+class DeleteLimit:
+    """How much of a collection one sync may delete: a share of its images ("50%") or a count ("200").
+
+    A folder that lost most of its files is more often a wrong mount, a half-finished copy or another
+    catalogue than a brand retiring most of its products; the operator says so explicitly."""
+
+    share: float | None = 0.5
+    count: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DeleteLimit:
+        value = str(text).strip()
+        try:
+            if value.endswith("%"):
+                share = float(value[:-1]) / 100
+                if not 0 <= share <= 1:  # also refuses NaN
+                    raise ValueError
+                return cls(share=share)
+            count = int(value)
+            if count < 0:
+                raise ValueError
+            return cls(share=None, count=count)
+        except ValueError:
+            raise OptionError(
+                f"--max-delete {value[:40]!r}: expected a share of the collection from 0% to 100% (e.g. 50%), "
+                "or a number of images (e.g. 200)"
+            ) from None
+
+    def allows(self, deleting: int, of: int) -> bool:
+        if self.share is not None:
+            return deleting <= self.share * of
+        return deleting <= (self.count or 0)
+
+    def __str__(self) -> str:
+        return f"{self.share * 100:g}%" if self.share is not None else str(self.count)
+
+
+DEFAULT_MAX_DELETE = DeleteLimit()
 
 
 @dataclass
@@ -107,6 +150,7 @@ def sync(
     colours: int = 3,
     storage: dict | None = None,
     shard: tuple[int, int] | None = None,
+    max_delete: DeleteLimit = DEFAULT_MAX_DELETE,
     progress: Callable[[int], object] | None = None,
     on_plan: Callable[[int], object] | None = None,
     on_index: Callable[[int], object] | None = None,
@@ -130,6 +174,8 @@ def sync(
     `if __name__ == "__main__":`, or pass `processes=False`.
     `shard` (index, count): this worker's part of the folder only, so that `count` workers index one
     folder into one collection at once; each deletes only its own vanished points.
+    Nothing is written when the folder shares no file with the collection, or when more of the
+    collection would be deleted than `max_delete` allows (`OptionError`): `reindex` replaces it.
     `on_plan(total)` is called once the number of images to read is known,
     `progress(n)` as they are done, `on_index(points)` before the engine
     builds its index.
@@ -170,7 +216,7 @@ def sync(
         shard=shard,
     )
     indexed = {} if (reindex or not exists) else {image.path: image for image in catalogue.indexed_images()}
-    if indexed and not reindex:
+    if indexed:
         _refuse_another_folder(catalogue, root, indexed, scanned)
     if shard is not None:
         scanned = scanned.shard(*shard)
@@ -178,6 +224,8 @@ def sync(
         indexed = {path: image for path, image in indexed.items() if shard_of(image.point_id, shard[1]) == shard[0]}
     sources = scanned.images
     plan = _plan(sources, indexed, scanned.paths)
+    _refuse_mass_delete(catalogue, root, plan, len(indexed), max_delete)
+    products_before = {image.product_id for image in indexed.values()}
     if dry_run:
         _count_dry_run(plan, report)
         report.seconds = time.perf_counter() - started
@@ -213,8 +261,13 @@ def sync(
     _encode_all(plan, encoders, catalogue, report, workers=workers, processes=processes, colours=colours, progress=progress)
     report.updated += report.metadata_only
     if report.deleted or report.updated or report.added:
-        # Store views are not DAM files, so the plan never deletes them; a product gone from the DAM takes its views along.
+        # Store views are not DAM files, so the plan never deletes them. A product gone from the DAM has its views set
+        # aside: they leave the collection (they would answer a product that is not there) and the feedback store keeps
+        # their photos, from which the caller re-embeds them when the product comes back (`returned`).
         report.views_removed = catalogue.remove_orphan_views()
+    if report.added and exists and not reindex:
+        added = {source.product_id for source, _ in plan.to_encode if source.relative in plan.new}
+        report.returned = sorted(p for p in added - products_before if p and catalogue.has_product(p))
     t = time.perf_counter()
     if on_index and (report.encoded or report.deleted):
         on_index(report.encoded)
@@ -226,14 +279,26 @@ def sync(
 
 
 def _refuse_another_folder(catalogue: Catalogue, root: Path, indexed: dict[str, IndexedImage], scanned: Scan) -> None:
-    """A folder that shares no file with the collection is another catalogue (or a wrong mount):
-    syncing it would delete every point. Ask for --reindex instead of doing that silently."""
-    recorded = catalogue.record().get("root")
-    if recorded and recorded != str(root.resolve()) and not (indexed.keys() & scanned.paths):
+    """A folder that shares no file with the collection is another catalogue, or a wrong mount, wherever it is
+    (the same path can hold another catalogue tomorrow): syncing it would delete every point. Ask for --reindex
+    instead of doing that silently."""
+    if not (indexed.keys() & scanned.paths):
+        recorded = catalogue.record().get("root") or "its DAM"
         raise OptionError(
-            f"collection {catalogue.name!r} mirrors {recorded} ({len(indexed):,} images) and {root} shares none of its "
+            f"collection {catalogue.name!r} mirrors {recorded} ({len(indexed):,} images) and {root} now shares none of its "
             "files: syncing it would delete them all. Use --reindex to replace the collection with this folder, "
             "or --collection NAME to index it beside"
+        )
+
+
+def _refuse_mass_delete(catalogue: Catalogue, root: Path, plan: _Plan, indexed: int, limit: DeleteLimit) -> None:
+    """Refuse a sync that would delete more of the collection than `limit` allows, before anything is written."""
+    deleting = len(plan.to_delete)
+    if deleting and not limit.allows(deleting, indexed):
+        raise OptionError(
+            f"{root} lacks {deleting:,} of the {indexed:,} images of collection {catalogue.name!r} "
+            f"({deleting / indexed:.0%}), more than --max-delete {limit} allows: nothing was changed. If they really "
+            f"left the catalogue, run again with --max-delete 100% (or --reindex)"
         )
 
 

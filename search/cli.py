@@ -11,6 +11,7 @@ from indexer.cli_common import (
     catalogue_or_server,
     device_option,
     emit_json,
+    max_delete_option,
     model_loading,
     open_catalogue,
     reports_errors,
@@ -642,6 +643,7 @@ def text(text, top_k, candidates, filters, model, device, runtime, dtype, qdrant
     show_default=True,
     help="Seconds between looks at the --watch folder.",
 )
+@max_delete_option
 @store_options
 @reports_errors
 def serve(
@@ -666,6 +668,7 @@ def serve(
     tls_key,
     watch,
     watch_interval,
+    max_delete,
     qdrant_path,
     qdrant_url,
     collection,
@@ -715,6 +718,7 @@ def serve(
         batch_wait=batch_wait_ms / 1000,
         watch=watch,
         watch_interval=watch_interval,
+        max_delete=max_delete,
     )
     code = run(
         config,

@@ -165,16 +165,17 @@ class StoreViews:
             self.catalogue.delete([view_point_id(entry.sha256)])
             return self.log.remove(entry_id)
 
-    def restore(self, progress: Callable[[int], object] | None = None) -> dict:
+    def restore(self, progress: Callable[[int], object] | None = None, products: set[str] | None = None) -> dict:
         """Re-embed every kept confirmation as a view (after --reindex, or to repair): the newest
-        `limit` per product whose product is still in the catalogue; what was done, by reason."""
+        `limit` per product whose product is still in the catalogue; what was done, by reason.
+        `products` limits it to those products (views set aside whose product came back to the DAM)."""
         done = {"restored": 0, "product_gone": 0, "over_cap": 0, "unreadable": 0}
         kept: dict[str, int] = {}
         known: dict[str, tuple[bool, str | None]] = {}  # product: (in the catalogue, category)
         for entry in self.log.entries(newest_first=True):
             if progress:
                 progress(1)
-            if entry.product_id is None:
+            if entry.product_id is None or (products is not None and entry.product_id not in products):
                 continue
             product = entry.product_id
             if product not in known:

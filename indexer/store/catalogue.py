@@ -169,7 +169,8 @@ class Catalogue(ABC):
         return bool(self.count(((PRODUCT_ID, product_id), *NOT_STORE_VIEWS)))
 
     def remove_orphan_views(self) -> int:
-        """Delete the store views of products that have no catalogue image left; how many went."""
+        """Take out the store views of products that have no catalogue image left (a view must not answer a product
+        that is not there); how many went. The feedback store keeps their photos: they come back with their product."""
         views: dict[str, list[str]] = {}
         for pid, payload in self.store_views():
             views.setdefault(payload.get(PRODUCT_ID, ""), []).append(pid)

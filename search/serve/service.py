@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import CatalogueError
+from indexer.scan import display_path
 from indexer.store.schema import (
     CATEGORY,
     COLOUR,
@@ -31,6 +32,7 @@ from indexer.store.schema import (
     STORE_SOURCE,
     STORE_VIEWS,
 )
+from indexer.sync import DEFAULT_MAX_DELETE, DeleteLimit
 from search.options import SearchOptions
 
 log = logging.getLogger("catalogue.serve")
@@ -55,6 +57,7 @@ class ServeConfig:
     model_threads: int | None = 1  # threads of one forward; concurrent searches use the other cores
     watch: Path | None = None
     watch_interval: float = 2.0
+    max_delete: DeleteLimit = DEFAULT_MAX_DELETE  # a watch pass that would delete more is refused (a wrong mount)
     url: str | None = None  # where this server answers, announced in an embedded store (search/serve/handoff.py)
     cert: str | None = None
 
@@ -81,6 +84,7 @@ class Service:
         self._products: int | None = None
         self._stop = threading.Event()
         self.watch_state: dict = {}
+        self._failing: dict[str, tuple] = {}  # files failing under --watch, as last logged
         self.started = time.time()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -308,9 +312,18 @@ class Service:
     # -- keeping the index fresh --------------------------------------------------------------
 
     def _watch(self) -> None:
-        """Poll the DAM folder; when its listing changes, run the incremental sync with the loaded models."""
+        """Poll the DAM folder; when its listing changes, run the incremental sync with the loaded models.
+
+        A refused pass (a folder that lost most of the collection: a wrong mount) changes nothing, is
+        logged once and keeps the server answering from the collection as it was; it is tried again when
+        the folder changes. Files that fail are tried again every pass but logged only when new or changed.
+        """
+        from indexer.errors import OptionError
+
         last = None
+        said = None  # the last error logged: the same error is not logged every pass
         while not self._stop.wait(self.config.watch_interval):
+            listing = None
             try:
                 from indexer.scan import scan
 
@@ -320,14 +333,21 @@ class Service:
                     continue
                 report = self._sync(self.searcher.catalogue, scanned, encoders=[e.encoder for e in self.searcher.encoders])
                 last = listing if not report.failed else None  # bad files are retried
+                said = None
                 self.searcher.root = self.searcher.catalogue.record().get("root")
                 self._count_products()
             except CatalogueError as exc:
-                self.watch_state = {"last_error": str(exc), "at": time.time()}
-                log.warning("watch: %s", exc)
+                self.watch_state = {**self.watch_state, "last_error": str(exc), "at": time.time()}
+                if isinstance(exc, OptionError):
+                    last = listing  # a refusal: nothing to retry until the folder changes
+                if str(exc) != said:
+                    log.warning("watch: %s", exc)
+                    said = str(exc)
             except Exception as exc:  # keep watching; the log has the traceback
-                self.watch_state = {"last_error": f"internal error ({type(exc).__name__})", "at": time.time()}
-                log.exception("watch: sync failed")
+                self.watch_state = {**self.watch_state, "last_error": f"internal error ({type(exc).__name__})", "at": time.time()}
+                if repr(exc) != said:
+                    log.exception("watch: sync failed")
+                    said = repr(exc)
 
     def _sync(self, catalogue, scanned=None, encoders=None):
         from indexer.scan import scan
@@ -344,7 +364,18 @@ class Service:
 
         started = time.perf_counter()
         options = {"encoder_loader": loader} if loader else {}
-        report = sync(folder, scanned, catalogue, model=self.config.model, **self.config.model_loading, **options)
+        report = sync(
+            folder,
+            scanned,
+            catalogue,
+            model=self.config.model,
+            max_delete=self.config.max_delete,
+            **self.config.model_loading,
+            **options,
+        )
+        if report.returned and self.searcher is not None:
+            # Products back in the DAM get back the store views set aside when they left.
+            report.views_restored = self.views.restore(products=set(report.returned))["restored"]
         changed = report.added + report.updated + report.deleted
         self.watch_state = {
             "last_sync": time.time(),
@@ -352,9 +383,12 @@ class Service:
             "updated": report.updated,
             "deleted": report.deleted,
             "failed": len(report.failed),
+            "store_views_set_aside": report.views_removed,
+            "store_views_restored": report.views_restored,
             "seconds": round(time.perf_counter() - started, 3),
         }
-        if changed or report.failed:
+        fresh = self._new_failures(scanned, report.failed)
+        if changed or fresh:
             log.info(
                 "watch: synced %s: %d added, %d updated, %d deleted, %d failed",
                 folder,
@@ -363,4 +397,14 @@ class Service:
                 report.deleted,
                 len(report.failed),
             )
+        for path, error in fresh:
+            log.warning("watch: failed: %s: %s", display_path(path), error)
         return report
+
+    def _new_failures(self, scanned, failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The failures not logged yet: a file that keeps failing is logged once, then again only when it changes."""
+        stamps = {s.relative: (s.size, s.mtime_ns) for s in scanned.images}
+        now = {path: (stamps.get(path), error) for path, error in failed}
+        fresh = [(path, error) for path, error in failed if self._failing.get(path) != now[path]]
+        self._failing = now
+        return fresh
