@@ -279,6 +279,8 @@ def main() -> None:
 
     import numpy as np
 
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="store-scale-", dir=args.workdir))
     rows = []
     try:
