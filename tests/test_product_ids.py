@@ -34,22 +34,31 @@ IDS = [
 ]
 
 
-@pytest.fixture
-def hostile(cli, tmp_path, tiny_clip) -> tuple[str, dict[str, Path]]:
-    """The test DAM synced with a manifest giving each image one of IDS: (store, {id: image})."""
-    dam = tmp_path / "dam"
+def sync_hostile(model: str, folder: Path) -> tuple[str, dict[str, Path]]:
+    """The test DAM synced into `folder` with a manifest giving each image one of IDS: (store, {id: image})."""
+    from click.testing import CliRunner
+
+    from indexer.cli import main as indexer
+
+    dam = folder / "dam"
     shutil.copytree(DATA / "dam", dam)
     images = sorted(dam.glob("*.jpeg"))
     assert len(images) == len(IDS)
-    manifest = tmp_path / "products.csv"
+    manifest = folder / "products.csv"
     with manifest.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "product_id", "category"])
         writer.writerows([image.name, product, "Odd/ids?"] for image, product in zip(images, IDS, strict=True))
-    store = str(tmp_path / "qdrant")
-    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--manifest", manifest, "--json")
+    store = str(folder / "qdrant")
+    args = ["sync", str(dam), "--model", model, "--qdrant-path", store, "--manifest", str(manifest), "--quiet"]
+    result = CliRunner().invoke(indexer, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return store, {product.strip(): image for product, image in zip(IDS, images, strict=True)}
+
+
+@pytest.fixture
+def hostile(tmp_path, tiny_clip) -> tuple[str, dict[str, Path]]:
+    return sync_hostile(tiny_clip, tmp_path)
 
 
 def test_ids_with_url_hostile_characters_work_in_every_route(hostile, cli):
