@@ -1,8 +1,7 @@
 """Product ids as a brand spells them ('/', '%', '?', '#', '..', spaces, unicode, '+', ',', very long),
 from a manifest, through every route that carries one: a real `search serve` over a real store.
 
-Any printable id up to 256 characters is supported; a manifest id no request could name (a control
-character, or longer) is refused at sync with one line.
+Any id up to 256 characters is supported; a longer manifest id is refused at sync with one line.
 """
 
 from __future__ import annotations
@@ -128,40 +127,25 @@ def test_ids_with_url_hostile_characters_work_in_every_route(hostile, cli):
         assert [e["product_id"] for e in json.loads(listed.stdout)["entries"]] == ["ÉTÉ-靴-👜"]
 
 
-@pytest.mark.parametrize(
-    ("product", "rule"),
-    [
-        ("X" * 257, "is 257 characters long; a product id is at most 256"),
-        ("AB\n12", "contains the control character '\\n'"),
-        ("AB\t12", "contains the control character '\\t'"),
-        ("AB\x0012", "contains the control character '\\x00'"),
-    ],
-    ids=["too-long", "newline", "tab", "nul"],
-)
-def test_a_manifest_id_no_request_could_name_is_refused_with_one_line(cli, tmp_path, tiny_clip, product, rule):
+def test_a_manifest_id_longer_than_the_api_takes_is_refused_with_one_line(cli, tmp_path, tiny_clip):
     dam = tmp_path / "dam"
     shutil.copytree(DATA / "dam", dam)
     manifest = tmp_path / "products.csv"
+    long = "X" * 250 + "/" + "Y" * 6  # 257 characters
+    rows = [
+        ["file", "product_id"],
+        ["M3550HLEZJM900.jpeg", "FINE/ID"],
+        ["S0949HAQRJM042.jpeg", "A\nB"],
+        ["KCQ858SBXS70K.jpeg", long],
+    ]
     with manifest.open("w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows(
-            [["file", "product_id"], ["M3550HLEZJM900.jpeg", "FINE/ID"], ["S0949HAQRJM042.jpeg", product]]
-        )
+        csv.writer(handle).writerows(rows)
     store = tmp_path / "qdrant"
     result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store, "--manifest", manifest)
     assert result.exit_code == 3, result.output
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"Error: manifest {manifest} line 3: product id {product[:80]!r} ") and rule in line
+    (line,) = result.stderr.strip().splitlines()  # line 5: the cell before spans two lines
+    assert line == (
+        f"Error: manifest {manifest} line 5: product id {long[:40]!r}... is 257 characters long; a product id is at most 256;"
+        " fix the manifest and run again (nothing was changed)"
+    )
     assert "Traceback" not in result.output and not store.exists()  # nothing was written
-
-
-def test_a_file_name_that_gives_no_usable_id_is_a_reported_failure(cli, tmp_path, tiny_clip):
-    dam = tmp_path / "dam"
-    dam.mkdir()
-    shutil.copy(DATA / "dam" / "M3550HLEZJM900.jpeg", dam / "AB%2F12 #1.jpeg")  # odd but printable: indexed as is
-    shutil.copy(DATA / "dam" / "S0949HAQRJM042.jpeg", dam / "BAD\tID.jpeg")
-    store = tmp_path / "qdrant"
-    result = cli("indexer", "sync", dam, "--model", tiny_clip, "--qdrant-path", store)
-    assert result.exit_code == 7, result.output
-    assert "contains the control character '\\t'" in result.stderr and "Traceback" not in result.output
-    status = json.loads(cli("indexer", "info", "--qdrant-path", store, "--json").stdout)
-    assert status["images"] == 1 and status["products"] == 1
