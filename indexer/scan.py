@@ -21,6 +21,7 @@ from pathlib import Path
 
 from indexer.errors import BadInputError
 from indexer.images import IMAGE_SUFFIXES, max_file_bytes
+from indexer.store.schema import MAX_PRODUCT_ID
 
 #: Image formats PIL cannot read here: counted as skipped, with what to do.
 UNSUPPORTED_SUFFIXES = {
@@ -35,8 +36,6 @@ UNSUPPORTED_SUFFIXES = {
 FILE_COLUMN = "file"
 PRODUCT_COLUMN = "product_id"
 CATEGORY_COLUMN = "category"
-#: The longest product id, in characters (a file name's stem is shorter): the API takes no longer one.
-MAX_PRODUCT_ID = 256
 
 
 @dataclass(frozen=True)
