@@ -2,7 +2,10 @@
 
 The product id is the file name's stem, or the first group of `id_pattern`
 when it matches (so `CODE_2.jpg` and `CODE.jpg` can both be `CODE`), or what
-the manifest says. Hidden files and folders are skipped: `._x.jpg` AppleDouble
+the manifest says. Any text is a product id, '/', '%', '#' and '..' included
+(the brand's codes are theirs; the API and the page carry them encoded); a
+manifest id over `MAX_PRODUCT_ID` characters is refused, as the API would
+refuse it. Hidden files and folders are skipped: `._x.jpg` AppleDouble
 files and `.thumbnails/` are not catalogue images. Everything else that is
 not indexed is said: see `scan`.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from indexer.errors import BadInputError
 from indexer.images import IMAGE_SUFFIXES, max_file_bytes
+from indexer.store.schema import MAX_PRODUCT_ID
 
 #: Image formats PIL cannot read here: counted as skipped, with what to do.
 UNSUPPORTED_SUFFIXES = {
@@ -73,8 +77,16 @@ def read_manifest(path: Path, rename: dict[str, str] | None = None) -> Manifest:
                     f"(found: {', '.join(reader.fieldnames or []) or 'none'}); rename one with --manifest-column OLD=NEW"
                 )
             manifest = Manifest()
+            end = reader.line_num
             for raw in reader:
+                start, end = end + 1, reader.line_num  # a quoted cell may span lines: name the row's first
                 row = {rename.get(k, k): (v or "").strip() for k, v in raw.items() if k is not None}
+                product_id = row.get(PRODUCT_COLUMN) or ""
+                if len(product_id) > MAX_PRODUCT_ID:
+                    raise BadInputError(
+                        f"manifest {path} line {start}: product id {product_id[:40]!r}... is {len(product_id)} characters "
+                        f"long; a product id is at most {MAX_PRODUCT_ID}; fix the manifest and run again (nothing was changed)"
+                    )
                 if row.get(FILE_COLUMN):
                     manifest.by_file[row[FILE_COLUMN].replace("\\", "/")] = row
                 elif row.get(PRODUCT_COLUMN):

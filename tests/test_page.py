@@ -329,6 +329,44 @@ def test_text_search_when_the_model_has_a_text_tower(clip_with_tokenizer, browse
         assert entry["product_id"] == product and entry["verdict"] == "corrected" and entry["answered"] == shown
 
 
+def test_picking_products_whose_ids_a_url_mangles(clip_with_tokenizer, browser, artefacts, tmp_path):
+    from test_product_ids import IDS, sync_hostile
+
+    store, images = sync_hostile(clip_with_tokenizer, tmp_path)
+    with serving(Path(store), tmp_path / "serve.log") as base:
+        open_page(browser, base)
+        search_photo(browser, images["AB/12"])
+        shown = browser.execute_script("return [...document.querySelectorAll('#results .product-id')].map(e => e.textContent)")
+        assert set(shown) <= set(images)  # the cards show the ids as the manifest spells them
+        browser.find_element("css selector", ".pick summary").click()
+        find = """const [text, done] = [arguments[0], arguments[arguments.length - 1]];
+            const input = document.querySelector('.pick input'), note = document.querySelector('.pick-note');
+            note.textContent = ''; input.value = text; input.form.requestSubmit();
+            const wait = () => (note.textContent && note.textContent !== 'Looking…') ? done(
+                [note.textContent, [...document.querySelectorAll('.picks .product-id')].map(e => e.textContent)]) : setTimeout(wait, 50);
+            wait();"""
+        for product in images:  # set as typed (chromedriver cannot type every character): the page's lookup is the test
+            note, picked = browser.execute_async_script(find, product)
+            assert (note, picked) == ("Is this it? Press “This one” to save it.", [product]), product
+
+        # No product by that id: the page says so before it lists what matches it as a description.
+        note, picked = browser.execute_async_script(find, "NO/SUCH?ID")
+        assert note.startswith("No product has the id “NO/SUCH?ID”.") and picked
+
+        product = IDS[8]  # '../../etc/passwd'
+        note, picked = browser.execute_async_script(find, product)
+        assert picked == [product]
+        browser.find_element("css selector", ".picks .card button.this-one").click()
+        wait_for_toast(browser, f"Saved: {product}")
+        screenshot(browser, artefacts / "page-pick-odd-id.png")
+        (entry,) = feedback(base)["entries"]
+        assert entry["product_id"] == product and entry["answered"] == shown[: len(entry["answered"])]
+        assert httpx_get(base, "/v1/products", product_id=product)["store_views"][0]["url"]
+        assert [
+            e for e in browser.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"
+        ] == []  # 404s: lookups
+
+
 def test_a_server_with_an_api_key_asks_for_it_once(stores, browser, artefacts, tmp_path):
     with serving(stores[1], tmp_path / "serve.log", env={"CATALOGUE_API_KEY": KEY}) as base:
         browser.get(f"{base}/")

@@ -44,6 +44,8 @@ POINT_NAMESPACE = uuid.UUID("6f1c2b52-7d0e-4f53-9a53-5b7c0f4e2a11")
 VIEW_NAMESPACE = uuid.UUID("0b3e8f7a-2c61-4d1e-8a9f-3e5d7c1b9a24")
 
 PRODUCT_ID = "product_id"
+#: The longest product id, in characters: sync refuses a longer manifest id, the API takes none longer.
+MAX_PRODUCT_ID = 256
 PATH = "path"
 CATEGORY = "category"
 META = "meta"

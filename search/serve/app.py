@@ -3,10 +3,12 @@
     POST /v1/search               a photo (multipart field `image`, or the raw body as image/*) -> the
                                   same JSON object as one entry of `search image --json`
     POST /v1/search/text          {"text": ...} -> products (models with a text tower)
-    GET  /v1/products/{id}        a product's payload and images
+    GET  /v1/products/{id}        a product's payload and images ('/' in an id sent as %2F)
+    GET  /v1/products?product_id= the same, any id (browsers rewrite '.' and '..' segments of a path)
     GET  /v1/images/{point|path}  a catalogue image (indexed files under the DAM root only)
     GET  /v1/info                 models, counts, categories, calibration, store
-    POST /v1/feedback             a photo and what it shows (?product_id=ID or ?not_in_catalogue=true): kept,
+    POST /v1/feedback             a photo and what it shows (?product_id=ID or ?not_in_catalogue=true; what the
+                                  search showed as repeated ?answered=ID, best first): kept,
                                   and a confirmed product gains it as a store view (201)
     GET  /v1/feedback             the recorded feedback, newest first
     DELETE /v1/feedback/{id}      undo or prune an entry: its photo and its store view go too
@@ -44,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser  # imported here: not on the first request
 
 from indexer.errors import BadInputError, CatalogueError, OptionError, StoreUnavailable, first_line
+from indexer.store.schema import MAX_PRODUCT_ID
 from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.options import make_options
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD
@@ -59,7 +62,6 @@ OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json")
 WEB_LOCALISERS = ("centre", "none", "proposals")
 MAX_TEXT = 300
 FEEDBACK_PATH = "/v1/feedback"
-MAX_PRODUCT_ID = 256
 MAX_BY = 128
 MAX_ANSWERED = 10
 
@@ -259,12 +261,22 @@ def create_app(
         request.state.timings = result["timings_ms"]
         return result
 
-    @app.get("/v1/products/{product_id}", tags=["catalogue"], summary="A product's payload and images.")
-    async def product(product_id: str):
+    async def product_named(product_id: str) -> dict:
         found = await asyncio.wrap_future(service.submit(service.product, product_id))
         if found is None:
             raise ApiError(404, f"no product {product_id[:80]!r} in collection {service.config.collection!r}")
         return found
+
+    @app.get("/v1/products", tags=["catalogue"], summary="A product's payload and images, any id.")
+    async def product_by_query(
+        product_id: str = Query(..., max_length=MAX_PRODUCT_ID, description="The product id, as the catalogue spells it."),
+    ):
+        return await product_named(product_id)
+
+    # `:path`: an id may hold '/', sent as %2F. Browsers rewrite '.' and '..' segments even encoded: the page uses the query.
+    @app.get("/v1/products/{product_id:path}", tags=["catalogue"], summary="A product's payload and images.")
+    async def product(product_id: str):
+        return await product_named(product_id)
 
     @app.get("/v1/images/{reference:path}", tags=["catalogue"], summary="A catalogue image, by point id or indexed path.")
     async def image(reference: str):
@@ -285,7 +297,9 @@ def create_app(
         product_id: str | None = Query(None, max_length=MAX_PRODUCT_ID, description="The product the photo shows."),
         not_in_catalogue: bool = Query(False, description="true: the product is not in the catalogue."),
         box: str | None = Query(None, description="x0,y0,x1,y1: where the product is, in pixels of the photo as decoded."),
-        answered: str | None = Query(None, description="Comma-separated product ids the search answered, best first."),
+        answered: list[str] | None = Query(
+            None, description="The product ids the search answered, best first: one per parameter, or one comma-separated value."
+        ),
         by: str | None = Query(None, max_length=MAX_BY, description="Who confirmed (a staff or device id)."),
         origin: Literal["api", "page"] = Query("api", description="page: sent by the staff page."),
     ):
@@ -294,7 +308,7 @@ def create_app(
         if bool(product_id) == not_in_catalogue:
             raise ApiError(422, "say what the photo shows: product_id=ID, or not_in_catalogue=true")
         located = parse_box(box)
-        shown = [p.strip() for p in answered.split(",") if p.strip()][:MAX_ANSWERED] if answered is not None else None
+        shown = _answered(answered)
         data, name = await _photo(request, max_upload)
         if product_id and service.ready.is_set() and not service.views.has_product(product_id):
             raise ApiError(404, f"no product {product_id[:80]!r} in collection {service.config.collection!r}")
@@ -371,6 +385,15 @@ async def _body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"the upload is larger than the {limit / 2**20:.0f} MB limit")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _answered(values: list[str] | None) -> list[str] | None:
+    """The ids of `answered`: repeated, each value is one id (ids may hold commas; empty ones are skipped);
+    a lone value is a comma-separated list, as clients sent it first."""
+    if values is None:
+        return None
+    ids = values[0].split(",") if len(values) == 1 else values
+    return [i.strip() for i in ids if i.strip()][:MAX_ANSWERED]
 
 
 def _authorised(request: Request, api_key: str) -> bool:

@@ -94,7 +94,8 @@
     if (productId) params.set("product_id", productId);
     else params.set("not_in_catalogue", "true");
     if (answer.box) params.set("box", answer.box.map((v) => Math.round(v)).join(","));
-    params.set("answered", answer.answered.join(","));
+    // One parameter per id (an id may hold a comma); an empty second one keeps a lone id from being split at commas.
+    for (const id of answer.answered.length === 1 ? [...answer.answered, ""] : answer.answered) params.append("answered", id);
     params.set("origin", "page");
     const form = new FormData();
     form.append("image", answer.file, answer.file.name || "photo.jpg");
@@ -106,18 +107,19 @@
     return (await api(`/v1/feedback/${encodeURIComponent(id)}`, { method: "DELETE" }, { feedback: true })).json();
   }
 
-  /** The product with this id (as typed, else in capitals) as a card's match; null when there is none. */
+  /** The product with this id (as typed, else in capitals) as a card's match; null when there is none.
+   * The id goes in the query: any id ('/', '?', '#', '..') arrives as typed, which a path segment does not promise. */
   async function findProduct(id) {
     for (const candidate of new Set([id, id.toUpperCase()])) {
       try {
-        const product = await (await api(`/v1/products/${encodeURIComponent(candidate)}`)).json();
+        const product = await (await api(`/v1/products?${new URLSearchParams({ product_id: candidate })}`)).json();
         const image = product.images[0] || {};
         return {
           product_id: product.product_id, category: product.category, point_id: image.point_id,
           colour: image.colour, source: "catalogue",
         };
       } catch (error) {
-        if (error.status !== 404) throw error;
+        if (error.status !== 404 && error.status !== 422) throw error; // 422: longer than any id can be
       }
     }
     return null;
@@ -363,8 +365,10 @@
       }
       list.replaceChildren(...matches.map((m) => card(m, answer)));
       mark(answer);
+      // Never a silent fallback: when no id matched, the note says so before any description matches.
       note.textContent = !matches.length ? `No product “${text}” in the catalogue.`
-        : product ? "Is this it? Press “This one” to save it." : `${matches.length} products match “${text}”: press “This one” on the right one.`;
+        : product ? "Is this it? Press “This one” to save it."
+          : `No product has the id “${text}”. ${matches.length} products match it as a description: press “This one” on the right one.`;
     } catch (error) {
       note.textContent = error.message;
     }
