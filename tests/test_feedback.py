@@ -121,7 +121,7 @@ def test_each_product_keeps_its_newest_views_up_to_the_cap(synced, cli, store, t
         (("--product", "NO-SUCH-PRODUCT"), 3, "no catalogue image"),
         ((), 2, "--product ID, or --not-in-catalogue"),
         (("--product", CONFIRMED, "--not-in-catalogue"), 2, "--product ID, or --not-in-catalogue"),
-        (("--product", CONFIRMED, "--box", "10,10,5,5"), 3, "x0 < x1"),
+        (("--product", CONFIRMED, "--box", "10,10,5,5"), 2, "x0 < x1"),
         (("--product", CONFIRMED, "--box", "0,0,5000,50"), 3, "outside"),
     ],
     ids=["unknown-product", "no-answer", "both-answers", "inverted-box", "box-outside"],
@@ -339,7 +339,7 @@ def test_indexer_feedback_goes_through_the_serve_holding_the_store(synced, cli, 
         added = add(cli, store, photo, "--product", CONFIRMED)
         assert added.exit_code == 0, added.output
         entry = json.loads(added.stdout)
-        assert entry["origin"] == "api" and entry["view"] and "through search serve" in added.stderr
+        assert entry["origin"] == "cli" and entry["view"] and "through search serve" in added.stderr
         unknown = add(cli, store, photo, "--product", "NO-SUCH")
         assert unknown.exit_code == 3 and "no product" in unknown.stderr
         listed = json.loads(cli("indexer", "feedback", "list", "--qdrant-path", store, "--json").stdout)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as InPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -44,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser  # imported here: not on the first request
 
 from indexer.errors import BadInputError, CatalogueError, OptionError, StoreUnavailable, first_line
+from indexer.feedback import MAX_ID
 from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.options import make_options
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD
@@ -287,7 +289,9 @@ def create_app(
         box: str | None = Query(None, description="x0,y0,x1,y1: where the product is, in pixels of the photo as decoded."),
         answered: str | None = Query(None, description="Comma-separated product ids the search answered, best first."),
         by: str | None = Query(None, max_length=MAX_BY, description="Who confirmed (a staff or device id)."),
-        origin: Literal["api", "page"] = Query("api", description="page: sent by the staff page."),
+        origin: Literal["api", "page", "cli"] = Query(
+            "api", description="Where the answer comes from, as the caller says (page: the staff page, cli: indexer feedback)."
+        ),
     ):
         from indexer.feedback import parse_box
 
@@ -310,7 +314,7 @@ def create_app(
         return await asyncio.wrap_future(service.submit(service.feedback_entries, product_id, limit))
 
     @app.delete(FEEDBACK_PATH + "/{entry_id}", tags=["feedback"], summary="Undo or prune an entry and its store view.")
-    async def remove_feedback(entry_id: int):
+    async def remove_feedback(entry_id: int = InPath(ge=1, le=MAX_ID, description="The entry's id, as listed.")):
         removed = await asyncio.wrap_future(service.submit(service.remove_feedback, entry_id))
         if removed is None:
             raise ApiError(404, f"no feedback entry {entry_id}")
