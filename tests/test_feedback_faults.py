@@ -74,7 +74,7 @@ def folder_of(store: str) -> Path:
 def fail_once(monkeypatch, cls, method: str, error: Exception | None = None, *, static: bool = False, when=None) -> list:
     """The next call of `cls.method` (for which `when(*args)` holds) fails as a full disk would, later ones
     work; the calls that failed."""
-    original = getattr(cls, method)
+    original = getattr(cls, method, None)
     failed: list = []
 
     def failing(*args, **kwargs):
@@ -146,12 +146,12 @@ def test_an_answer_that_fails_at_any_step_records_nothing(confirmed, cli, store,
 
     result = add(cli, store, photo, *answer)
     assert failed, "the fault was not reached"
-    assert result.exit_code == 4, result.output
-    assert "nothing was recorded" in result.stderr and "Traceback" not in result.output
-    assert len(result.stderr.strip().splitlines()) == 1
     after = state(folder_of(store), store)
     after.assert_agrees()
     before.assert_same(after)
+    assert result.exit_code == 4, result.output
+    assert "nothing was recorded" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
 
     # "Run the same command again": once the fault has passed, the answer is recorded whole.
     again = add(cli, store, photo, *answer)
