@@ -326,7 +326,7 @@ class FeedbackLog:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise StoreUnavailable(
-                f"cannot write to the feedback store {self.folder / DATABASE}: {first_line(exc)}; "
+                f"the feedback store {self.folder / DATABASE} is unavailable: {first_line(exc)}; "
                 "free some space (or wait for the other writer) and run the same command again"
             ) from None
         except sqlite3.DatabaseError as exc:
