@@ -21,6 +21,7 @@ from indexer.cli_common import (
 )
 from indexer.encoders import MODEL_ENV_VAR
 from indexer.errors import EXIT_PARTIAL
+from indexer.feedback import MAX_ID as FEEDBACK_MAX_ID
 from indexer.store.schema import DEFAULT_HNSW_THRESHOLD, QUANTIZATIONS
 
 
@@ -430,7 +431,7 @@ def feedback_add(
     data = read_file(photo, label=str(photo))
     server, catalogue = _catalogue_or_server(qdrant_path, qdrant_url, collection)
     if server is not None:
-        query = {"product_id": product_id, "not_in_catalogue": "true" if not_in_catalogue else None, "by": by}
+        query = {"product_id": product_id, "not_in_catalogue": "true" if not_in_catalogue else None, "by": by, "origin": "cli"}
         query["box"] = None if located is None else ",".join(map(str, located))
         recorded = handoff.feedback(server, "POST", "/v1/feedback", {k: v for k, v in query.items() if v}, photo=photo, data=data)
         limit = max_views()
@@ -511,7 +512,7 @@ def feedback_list(product_id, limit, qdrant_path, qdrant_url, collection, as_jso
 
 
 @feedback.command(name="remove")
-@click.argument("entry_ids", nargs=-1, required=True, type=int, metavar="ID...")
+@click.argument("entry_ids", nargs=-1, required=True, type=click.IntRange(1, FEEDBACK_MAX_ID), metavar="ID...")
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print the removed entries as JSON.")
 @reports_errors
@@ -550,6 +551,16 @@ def feedback_remove(entry_ids, qdrant_path, qdrant_url, collection, as_json):
         raise SystemExit(BadInputError.exit_code)
 
 
+#: How `indexer feedback restore` names each disagreement it repaired (search/views.py DISAGREEMENTS).
+REPAIRED = {
+    "views_missing": "missing view(s) made again",
+    "views_product_differs": "view(s) naming another product than the log, made right",
+    "views_not_in_catalogue": "view(s) of photos said not to be in the catalogue, removed",
+    "views_without_entry": "view(s) without a log entry, removed",
+    "views_left_out": "view(s) over the cap or of products gone, removed",
+}
+
+
 @feedback.command(name="restore")
 @store_options
 @device_option
@@ -557,9 +568,10 @@ def feedback_remove(entry_ids, qdrant_path, qdrant_url, collection, as_json):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
 def feedback_restore(qdrant_path, qdrant_url, collection, device, runtime, dtype, as_json, quiet):
-    """Re-embed every kept photo as a store view (indexer sync --reindex does this itself)."""
+    """Make the store views agree with the feedback log: re-embed every photo that should be a view, remove
+    every view that should not be one (indexer sync --reindex does this itself)."""
     from search.query import Searcher
-    from search.views import StoreViews
+    from search.views import DISAGREEMENTS, StoreViews
 
     catalogue = open_catalogue(qdrant_path, qdrant_url, collection)
     views = StoreViews(catalogue, searcher=Searcher(catalogue, **model_loading(device, runtime, dtype)))
@@ -571,6 +583,8 @@ def feedback_restore(qdrant_path, qdrant_url, collection, device, runtime, dtype
             f"Restored {done['restored']} store view(s); left out: {done['product_gone']} of products no longer in the catalogue, "
             f"{done['over_cap']} over the cap of {views.limit} per product, {done['unreadable']} unreadable photo(s)"
         )
+        repaired = [f"{done[kind]} {REPAIRED[kind]}" for kind in DISAGREEMENTS if done[kind]]
+        click.echo(f"Repaired: {'; '.join(repaired)}" if repaired else "The store views agreed with the log")
 
 
 if __name__ == "__main__":

@@ -13,17 +13,24 @@ server's feedback key), each product keeps at most `max_views` views (the
 newest), a second answer for the same photo replaces the first, and every
 entry can be listed and removed. The feedback log (indexer/feedback.py) is
 the truth: views can be rebuilt from it whenever the collection is.
+
+An answer is recorded whole or not at all: the store views change while the
+log's transaction is open, each change keeping what undoes it, and the log
+commits last; a failure at any step (photo, row, view, cap, commit) undoes
+the views and rolls the log back, so the caller can say "nothing was
+recorded". `restore` repairs whatever still disagrees.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
-from indexer.errors import BadInputError, OptionError
+from indexer.errors import BadInputError, CatalogueError, OptionError, StoreUnavailable, first_line
 from indexer.feedback import PHOTOS, Feedback, FeedbackLog
 from indexer.images import load_rgb
 from indexer.store import Catalogue, Point
@@ -41,6 +48,12 @@ from indexer.store.schema import (
 from search.options import SearchOptions
 from search.query import QUERY_DECODE_SIDE, QueryFeatures, Searcher, rank
 
+log = logging.getLogger("catalogue.feedback")
+#: Every payload key a store view has: what is put back when a change is undone.
+VIEW_FIELDS = (PRODUCT_ID, PATH, CATEGORY, SOURCE, COLOUR, FEEDBACK)
+#: What `restore` reports: entries re-embedded or left out, then each kind of disagreement it repaired.
+RESTORED = ("restored", "product_gone", "over_cap", "unreadable")
+DISAGREEMENTS = ("views_missing", "views_product_differs", "views_not_in_catalogue", "views_without_entry", "views_left_out")
 MAX_VIEWS_ENV = "CATALOGUE_MAX_STORE_VIEWS"
 DEFAULT_MAX_VIEWS = 10
 #: The answer recorded with a confirmation: this many products, best first.
@@ -110,6 +123,10 @@ class StoreViews:
         self.log = FeedbackLog.of(catalogue.store, catalogue.name)
         self.limit = max_views() if limit is None else limit
         self._writing = threading.Lock()  # the server records answers from several threads
+        try:
+            self.log.clean()  # what a crash or a full disk left in the feedback store goes first
+        except StoreUnavailable as exc:
+            log.warning("feedback store %s not cleaned: %s", self.log.folder, exc)
 
     def record(
         self,
@@ -141,60 +158,101 @@ class StoreViews:
             answered = self._answer(features, hashlib.sha256(data).hexdigest())
         located = box if box is not None else tuple(int(v) for v in features.region.box)
         with self._writing:  # the log and the views change together: the last answer's view is the one kept
-            entry, replaced = self.log.add(
-                data,
-                product_id=product_id,
-                answered=list(answered)[:ANSWER_LENGTH],
-                box=located,
-                origin=origin,
-                by=by,
-            )
-            pid = view_point_id(entry.sha256)
-            if product_id is None or self.limit == 0:
-                self.catalogue.delete([pid])  # a view from an earlier, contradicted answer goes
-                return Recorded(entry, None, replaced, [])
-            self.catalogue.upsert([self._point(entry, features, category)])
-            return Recorded(entry, pid, replaced, self._cap(product_id))
+            changes = _ViewChanges(self.catalogue)
+            try:
+                with self.log.adding(
+                    data, product_id=product_id, answered=list(answered)[:ANSWER_LENGTH], box=located, origin=origin, by=by
+                ) as (entry, replaced):
+                    pid = view_point_id(entry.sha256)
+                    if product_id is None or self.limit == 0:
+                        changes.delete([pid])  # a view from an earlier, contradicted answer goes
+                        recorded = Recorded(entry, None, replaced, [])
+                    else:
+                        evicted = self._over_cap(product_id, pid)
+                        changes.upsert([self._point(entry, features, category)])
+                        changes.delete(evicted)
+                        recorded = Recorded(entry, pid, replaced, evicted)
+            except BaseException as exc:
+                changes.undo(exc, "recorded")
+                raise
+            return recorded
 
     def remove(self, entry_id: int) -> Feedback | None:
-        """Undo or prune: the entry, its photo and its view go; the removed entry, or None."""
+        """Undo or prune: the entry, its photo and its view go, all or none; the removed entry, or None."""
         with self._writing:
-            entry = self.log.get(entry_id)
-            if entry is None:
-                return None
-            self.catalogue.delete([view_point_id(entry.sha256)])
-            return self.log.remove(entry_id)
-
-    def restore(self, progress: Callable[[int], object] | None = None, products: set[str] | None = None) -> dict:
-        """Re-embed every kept confirmation as a view (after --reindex, or to repair): the newest
-        `limit` per product whose product is still in the catalogue; what was done, by reason.
-        `products` limits it to those products (views set aside whose product came back to the DAM)."""
-        done = {"restored": 0, "product_gone": 0, "over_cap": 0, "unreadable": 0}
-        kept: dict[str, int] = {}
-        known: dict[str, tuple[bool, str | None]] = {}  # product: (in the catalogue, category)
-        for entry in self.log.entries(newest_first=True):
-            if progress:
-                progress(1)
-            if entry.product_id is None or (products is not None and entry.product_id not in products):
-                continue
-            product = entry.product_id
-            if product not in known:
-                known[product] = self._in_catalogue(product)
-            exists, category = known[product]
-            if not exists:
-                done["product_gone"] += 1
-                continue
-            if kept.get(product, 0) >= self.limit:
-                done["over_cap"] += 1
-                continue
+            changes = _ViewChanges(self.catalogue)
             try:
-                image = load_rgb(entry.photo_path, draft=QUERY_DECODE_SIDE)
-            except BadInputError:
-                done["unreadable"] += 1
-                continue
-            self.catalogue.upsert([self._point(entry, features_in_box(self.searcher, image, entry.box), category)])
-            kept[product] = kept.get(product, 0) + 1
-            done["restored"] += 1
+                with self.log.removing(entry_id) as entry:
+                    if entry is not None:
+                        changes.delete([view_point_id(entry.sha256)])
+            except BaseException as exc:
+                changes.undo(exc, "removed")
+                raise
+            return entry
+
+    def restore(self, progress: Callable[[int], object] | None = None, *, products: Collection[str] | None = None) -> dict:
+        """Make the views agree with the log (after --reindex, a new model, or any failure): each entry that
+        should be a view (the newest `limit` of each product still in the catalogue) is re-embedded, every
+        other view goes. `products`: only those products' entries and views. What was done, by reason:
+        entries restored or left out, and each kind of disagreement found."""
+        done = dict.fromkeys(RESTORED + DISAGREEMENTS, 0)
+
+        def concerned(product: str | None) -> bool:
+            return products is None or product in products
+
+        with self._writing:
+            entries = self.log.entries(newest_first=True)
+            by_view = {view_point_id(e.sha256): e for e in entries}
+            wanted: dict[str, tuple[Feedback, str | None]] = {}  # view: (its entry, its category)
+            kept: dict[str, int] = {}
+            known: dict[str, tuple[bool, str | None]] = {}  # product: (in the catalogue, category)
+            for entry in entries:
+                if progress:
+                    progress(1)
+                product = entry.product_id
+                if product is None or not concerned(product):
+                    continue
+                if product not in known:
+                    known[product] = self._in_catalogue(product)
+                exists, category = known[product]
+                if not exists:
+                    done["product_gone"] += 1
+                elif kept.get(product, 0) >= self.limit:
+                    done["over_cap"] += 1
+                else:
+                    kept[product] = kept.get(product, 0) + 1
+                    wanted[view_point_id(entry.sha256)] = (entry, category)
+            views = {pid: payload.get(PRODUCT_ID) for pid, payload in self.catalogue.store_views()}
+            stale = []
+            for pid, product in views.items():
+                entry = by_view.get(pid)
+                if not (concerned(product) or (entry is not None and concerned(entry.product_id))):
+                    continue
+                if entry is None:
+                    kind = "views_without_entry"
+                elif entry.product_id is None:
+                    kind = "views_not_in_catalogue"
+                elif product != entry.product_id:
+                    kind = "views_product_differs"  # rewritten below when the entry is wanted
+                elif pid not in wanted:
+                    kind = "views_left_out"
+                else:
+                    continue
+                done[kind] += 1
+                if pid not in wanted:
+                    stale.append(pid)
+            done["views_missing"] = sum(pid not in views for pid in wanted)
+            self.catalogue.delete(stale)
+            for pid, (entry, category) in wanted.items():
+                try:
+                    image = load_rgb(entry.photo_path, draft=QUERY_DECODE_SIDE)
+                except BadInputError:
+                    done["unreadable"] += 1
+                    if pid in views and views[pid] != entry.product_id:
+                        self.catalogue.delete([pid])  # a wrong view goes even when the right one cannot be made
+                    continue
+                self.catalogue.upsert([self._point(entry, features_in_box(self.searcher, image, entry.box), category)])
+                done["restored"] += 1
         return done
 
     def listed(self, product_id: str | None = None, limit: int | None = None) -> list[dict]:
@@ -203,7 +261,10 @@ class StoreViews:
         entries = self.log.entries(product_id)[:limit]
         ids = [view_point_id(e.sha256) for e in entries]
         found = self.catalogue.retrieve(ids, (PRODUCT_ID,)) if ids and self.catalogue.exists() else {}
-        return [{**e.to_dict(), "view": pid in found} for e, pid in zip(entries, ids)]
+        return [
+            {**e.to_dict(), "view": e.product_id is not None and (found.get(pid) or {}).get(PRODUCT_ID) == e.product_id}
+            for e, pid in zip(entries, ids)
+        ]
 
     def has_product(self, product_id: str) -> bool:
         """Whether the product has a catalogue image: store views are only ever added to such products."""
@@ -237,13 +298,55 @@ class StoreViews:
             },
         )
 
-    def _cap(self, product_id: str) -> list[str]:
-        """Keep the newest `limit` views of a product; the ids of those dropped."""
+    def _over_cap(self, product_id: str, new_view: str) -> list[str]:
+        """The views of a product that a new one (the newest) pushes over the cap of `limit`."""
         views = sorted(
-            self.catalogue.store_views(((PRODUCT_ID, product_id),)),
+            (view for view in self.catalogue.store_views(((PRODUCT_ID, product_id),)) if view[0] != new_view),
             key=lambda v: (v[1].get(FEEDBACK) or {}).get("id", 0),
             reverse=True,
         )
-        evicted = [pid for pid, _ in views[self.limit :]]
-        self.catalogue.delete(evicted)
-        return evicted
+        return [pid for pid, _ in views[self.limit - 1 :]]
+
+
+class _ViewChanges:
+    """The store writes of one answer, each kept with what undoes it: the log commits after them, and
+    a failure anywhere puts the views back as they were."""
+
+    def __init__(self, catalogue: Catalogue):
+        self.catalogue = catalogue
+        self._undo: list[Callable[[], None]] = []
+
+    def upsert(self, points: list[Point]) -> None:
+        before = self._now([p.id for p in points])
+        self.catalogue.upsert(points)  # one engine operation: applied whole or not at all
+        added = [p.id for p in points if p.id not in {b.id for b in before}]
+        self._undo.append(lambda: (self.catalogue.delete(added), self.catalogue.upsert(before)))
+
+    def delete(self, point_ids: list[str]) -> None:
+        before = self._now(point_ids)
+        if before:  # nothing to delete writes nothing: a full store still takes "not in the catalogue"
+            self.catalogue.delete([p.id for p in before])
+            self._undo.append(lambda: self.catalogue.upsert(before))
+
+    def undo(self, failure: BaseException, what: str) -> None:
+        """Put the views back after `failure`; raise what the caller is told: nothing was `what`."""
+        try:
+            while self._undo:
+                self._undo[-1]()
+                self._undo.pop()
+        except CatalogueError as exc:
+            log.error("store views not put back after a failed answer (%s): %s", first_line(failure), exc)
+            raise StoreUnavailable(
+                f"nothing was {what} in the feedback log ({first_line(failure)}), but the store views could not be "
+                f"put back ({first_line(exc)}): run `indexer feedback restore` once the store is writable"
+            ) from None
+        if isinstance(failure, StoreUnavailable):
+            raise StoreUnavailable(f"nothing was {what}: {failure}") from None
+
+    def _now(self, point_ids: list[str]) -> list[Point]:
+        """The points as they are now, vectors and payload, to put back."""
+        found = self.catalogue.retrieve(point_ids, VIEW_FIELDS) if point_ids else {}
+        if not found:
+            return []
+        vectors = self.catalogue.vectors(list(found), [m.vector for m in self.catalogue.models()])
+        return [Point(pid, vectors[pid], payload) for pid, payload in found.items()]

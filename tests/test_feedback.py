@@ -121,7 +121,7 @@ def test_each_product_keeps_its_newest_views_up_to_the_cap(synced, cli, store, t
         (("--product", "NO-SUCH-PRODUCT"), 3, "no catalogue image"),
         ((), 2, "--product ID, or --not-in-catalogue"),
         (("--product", CONFIRMED, "--not-in-catalogue"), 2, "--product ID, or --not-in-catalogue"),
-        (("--product", CONFIRMED, "--box", "10,10,5,5"), 3, "x0 < x1"),
+        (("--product", CONFIRMED, "--box", "10,10,5,5"), 2, "x0 < x1"),
         (("--product", CONFIRMED, "--box", "0,0,5000,50"), 3, "outside"),
     ],
     ids=["unknown-product", "no-answer", "both-answers", "inverted-box", "box-outside"],
@@ -331,7 +331,7 @@ def test_indexer_feedback_goes_through_the_serve_holding_the_store(synced, cli, 
     """The embedded store is one process at a time: with search serve on it, the CLI asks the server."""
     from conftest import serve_holding
 
-    with serve_holding(store, CATALOGUE_FEEDBACK_KEY="staff"):
+    with serve_holding(store, CATALOGUE_FEEDBACK_KEY="staff") as port:
         photo = store_photo(tmp_path / "shelf.jpg", seed=40)
         refused = add(cli, store, photo, "--product", CONFIRMED)
         assert refused.exit_code == 4 and "CATALOGUE_FEEDBACK_KEY" in refused.stderr
@@ -339,11 +339,31 @@ def test_indexer_feedback_goes_through_the_serve_holding_the_store(synced, cli, 
         added = add(cli, store, photo, "--product", CONFIRMED)
         assert added.exit_code == 0, added.output
         entry = json.loads(added.stdout)
-        assert entry["origin"] == "api" and entry["view"] and "through search serve" in added.stderr
+        assert entry["origin"] == "cli" and entry["view"] and "through search serve" in added.stderr
         unknown = add(cli, store, photo, "--product", "NO-SUCH")
         assert unknown.exit_code == 3 and "no product" in unknown.stderr
         listed = json.loads(cli("indexer", "feedback", "list", "--qdrant-path", store, "--json").stdout)
         assert [e["id"] for e in listed["entries"]] == [entry["id"]] and listed["entries"][0]["view"] is True
+        # Numbers that are no pixels or ids, over real HTTP and through the hand-off: 422 / exit 2, one line.
+        import httpx
+
+        staff = {"Authorization": "Bearer staff"}
+        for box in ("inf,0,10,10", "1e400,0,10,10"):
+            refused = httpx.post(
+                f"http://127.0.0.1:{port}/v1/feedback",
+                params={"product_id": CONFIRMED, "box": box},
+                content=photo.read_bytes(),
+                headers={**staff, "Content-Type": "image/jpeg"},
+                timeout=60,
+            )
+            assert "x0,y0,x1,y1" in error_of(refused, 422)
+        assert "entry_id" in error_of(
+            httpx.delete(f"http://127.0.0.1:{port}/v1/feedback/99999999999999999999", headers=staff), 422
+        )
+        huge = cli("indexer", "feedback", "remove", "99999999999999999999", "--qdrant-path", store)
+        assert huge.exit_code == 2 and "Traceback" not in huge.output
+        boxed = add(cli, store, photo, "--product", CONFIRMED, "--box", "inf,0,10,10")
+        assert boxed.exit_code == 2 and len(boxed.stderr.strip().splitlines()) == 1
         removed = cli("indexer", "feedback", "remove", entry["id"], entry["id"] + 1, "--qdrant-path", store)
         assert removed.exit_code == 3 and f"Removed #{entry['id']}" in removed.stdout and f"#{entry['id'] + 1}" in removed.stderr
     assert views(store) == []

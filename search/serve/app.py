@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as InPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -47,6 +48,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser  # importe
 
 from indexer.errors import BadInputError, CatalogueError, OptionError, StoreUnavailable, first_line
 from indexer.store.schema import MAX_PRODUCT_ID
+from indexer.feedback import MAX_ID
 from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.options import make_options
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD
@@ -301,7 +303,9 @@ def create_app(
             None, description="The product ids the search answered, best first: one per parameter, or one comma-separated value."
         ),
         by: str | None = Query(None, max_length=MAX_BY, description="Who confirmed (a staff or device id)."),
-        origin: Literal["api", "page"] = Query("api", description="page: sent by the staff page."),
+        origin: Literal["api", "page", "cli"] = Query(
+            "api", description="Where the answer comes from, as the caller says (page: the staff page, cli: indexer feedback)."
+        ),
     ):
         from indexer.feedback import parse_box
 
@@ -324,7 +328,7 @@ def create_app(
         return await asyncio.wrap_future(service.submit(service.feedback_entries, product_id, limit))
 
     @app.delete(FEEDBACK_PATH + "/{entry_id}", tags=["feedback"], summary="Undo or prune an entry and its store view.")
-    async def remove_feedback(entry_id: int):
+    async def remove_feedback(entry_id: int = InPath(ge=1, le=MAX_ID, description="The entry's id, as listed.")):
         removed = await asyncio.wrap_future(service.submit(service.remove_feedback, entry_id))
         if removed is None:
             raise ApiError(404, f"no feedback entry {entry_id}")
