@@ -47,8 +47,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser  # imported here: not on the first request
 
 from indexer.errors import BadInputError, CatalogueError, OptionError, StoreUnavailable, first_line
-from indexer.store.schema import MAX_PRODUCT_ID
 from indexer.feedback import MAX_ID
+from indexer.store.schema import MAX_PRODUCT_ID
 from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.options import make_options
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD
