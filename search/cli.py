@@ -642,6 +642,13 @@ def text(text, top_k, candidates, filters, model, device, runtime, dtype, qdrant
     show_default=True,
     help="Seconds between looks at the --watch folder.",
 )
+@click.option(
+    "--stop-grace",
+    type=click.FloatRange(0, 600),
+    default=5.0,
+    show_default=True,
+    help="On Ctrl-C or SIGTERM, seconds running searches get to finish (waiting ones get 503 at once).",
+)
 @store_options
 @reports_errors
 def serve(
@@ -666,6 +673,7 @@ def serve(
     tls_key,
     watch,
     watch_interval,
+    stop_grace,
     qdrant_path,
     qdrant_url,
     collection,
@@ -686,9 +694,14 @@ def serve(
       search serve --watch ./dam                         # sync changes while serving
       curl -F image=@shelf.jpg http://127.0.0.1:8000/v1/search
 
+    Ctrl-C or SIGTERM stops it: waiting searches get 503 at once, running
+    ones get --stop-grace seconds, and it exits 0; a second signal exits at
+    once (130 or 143).
+
     \b
-    Exit codes: 0 stopped, 2 bad option, 3/4/5/6 as for search image when
-    the store or the models cannot be loaded.
+    Exit codes: 0 stopped, 2 bad option or a --host not on this machine,
+    4 the port is in use, 3/4/5/6 as for search image when the store or
+    the models cannot be loaded.
     """
     import os
 
@@ -715,6 +728,7 @@ def serve(
         batch_wait=batch_wait_ms / 1000,
         watch=watch,
         watch_interval=watch_interval,
+        stop_grace=stop_grace,
     )
     code = run(
         config,
