@@ -7,6 +7,7 @@ search takes at least 100 ms and a burst of them queues for seconds.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -149,3 +150,32 @@ def test_a_host_that_cannot_be_bound_is_exit_2_in_one_line(tmp_path, host, words
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert line.startswith(f"Error: --host {host}: {words}")
+
+
+def test_a_stop_while_watch_indexes_a_new_store_ends_the_sync_and_the_next_one_finishes(tmp_path, tiny_clip, cli):
+    """`--watch` on a new store indexes the folder before serving; a stop then ends that sync between batches
+    (no closing of the store under it, no traceback), and what it wrote stays for the next sync."""
+    import httpx
+    from conftest import studio_shot
+
+    dam = tmp_path / "dam"
+    for i in range(600):
+        studio_shot(dam / f"P{i:04d}.png", (i % 250, (7 * i) % 250, (13 * i) % 250), size=96)
+    store = str(tmp_path / "store")
+    port = free_port()
+    process = start(store, port, "--watch", str(dam), "--model", tiny_clip)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (Path(store) / "collections" / "catalogue").exists():
+            time.sleep(0.05)  # until the sync has made the collection and is writing to it
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 503  # still indexing
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=STOP_DEADLINE)
+    finally:
+        err = stop(process)
+    assert code == 0, err
+    assert "Traceback" not in err and "loading failed" not in err, err
+    finished = cli("indexer", "sync", dam, "--qdrant-path", store, "--model", tiny_clip, "--json")
+    assert finished.exit_code == 0, finished.output
+    report = json.loads(finished.stdout)
+    assert report["added"] < 600  # the first sync's points stayed

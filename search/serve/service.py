@@ -98,6 +98,7 @@ class Service:
         self._answers: dict[Future, bool] = {}  # unanswered work -> may be abandoned (not a write)
         self._working = 0  # pool threads inside a piece of work
         self._changed = threading.Condition()  # guards both; notified when either shrinks
+        self._loader: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
         self.stragglers = False  # threads still at work when closing gave up waiting for them
         self.watch_state: dict = {}
@@ -107,6 +108,7 @@ class Service:
 
     def load(self) -> None:
         """Open the store, load and warm the models; then serve. Failures are kept in `failure`."""
+        self._loader = threading.current_thread()  # a stop waits for it before closing the store
         try:
             self._load()
         except ShuttingDown:
@@ -118,6 +120,8 @@ class Service:
             log.exception("loading failed")
             self.failure = CatalogueError(f"internal error while loading ({type(exc).__name__}); the log above has the details")
             return
+        if self._stop.is_set():
+            return  # stopped while loading: nothing to announce or serve
         if self.config.url and not self.config.qdrant_url:
             from search.serve import handoff
 
@@ -226,9 +230,10 @@ class Service:
             while self._working and (left := deadline - time.monotonic()) > 0:
                 self._changed.wait(left)
             idle = not self._working
-        if self._watcher is not None:
-            self._watcher.join(max(0.0, deadline - time.monotonic()))
-            idle = idle and not self._watcher.is_alive()
+        for thread in (self._loader, self._watcher):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+                idle = idle and not thread.is_alive()
         return idle
 
     def _halt_if_stopping(self, _done: int = 0) -> None:
