@@ -5,6 +5,7 @@
     +-- BadInputError       exit 3   a missing folder, a file that is not a usable image
     +-- StoreUnavailable    exit 4   Qdrant unreachable, or the embedded store is locked
     |   +-- StoreInUse               another process holds the embedded store (which one, when known)
+    +-- PortInUse           exit 4   another process listens on `search serve`'s port
     +-- ModelMismatch       exit 5   the collection was built with another model
     +-- ModelLoadError      exit 6   the model cannot be loaded (not found, no network)
 
@@ -48,6 +49,10 @@ class StoreInUse(StoreUnavailable):
         self.folder = folder
         self.pid = pid
         self.command = command
+
+
+class PortInUse(CatalogueError):
+    exit_code = 4
 
 
 class ModelMismatch(CatalogueError):

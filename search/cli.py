@@ -644,6 +644,13 @@ def text(text, top_k, candidates, filters, model, device, runtime, dtype, qdrant
     help="Seconds between looks at the --watch folder.",
 )
 @max_delete_option
+@click.option(
+    "--stop-grace",
+    type=click.FloatRange(0, 600),
+    default=5.0,
+    show_default=True,
+    help="On Ctrl-C or SIGTERM, seconds running searches get to finish (waiting ones get 503 at once).",
+)
 @store_options
 @reports_errors
 def serve(
@@ -669,6 +676,7 @@ def serve(
     watch,
     watch_interval,
     max_delete,
+    stop_grace,
     qdrant_path,
     qdrant_url,
     collection,
@@ -689,9 +697,14 @@ def serve(
       search serve --watch ./dam                         # sync changes while serving
       curl -F image=@shelf.jpg http://127.0.0.1:8000/v1/search
 
+    Ctrl-C or SIGTERM stops it: waiting searches get 503 at once, running
+    ones get --stop-grace seconds, and it exits 0; a second signal exits at
+    once (130 or 143).
+
     \b
-    Exit codes: 0 stopped, 2 bad option, 3/4/5/6 as for search image when
-    the store or the models cannot be loaded.
+    Exit codes: 0 stopped, 2 bad option or a --host not on this machine,
+    4 the port is in use, 3/4/5/6 as for search image when the store or
+    the models cannot be loaded.
     """
     import os
 
@@ -719,6 +732,7 @@ def serve(
         watch=watch,
         watch_interval=watch_interval,
         max_delete=max_delete,
+        stop_grace=stop_grace,
     )
     code = run(
         config,

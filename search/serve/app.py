@@ -52,7 +52,7 @@ from indexer.store.schema import MAX_PRODUCT_ID
 from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.options import make_options
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD
-from search.serve.service import Busy, NotReady, Service
+from search.serve.service import Busy, NotReady, Service, ShuttingDown
 
 log = logging.getLogger("catalogue.serve")
 STATIC = Path(__file__).parent / "static"
@@ -191,6 +191,10 @@ def create_app(
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady):
         return _error(request, 503, f"not ready: {exc}", {"Retry-After": "2"})
+
+    @app.exception_handler(ShuttingDown)
+    async def shutting_down(request: Request, _exc: ShuttingDown):
+        return _error(request, 503, "the server is shutting down; retry in a moment", {"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -6,6 +6,9 @@ whatever is waiting (up to `max_batch` inputs, waiting at most `max_wait`
 seconds for more once something arrived) and runs one forward for all of it:
 on a GPU, and for ViT on a CPU, one batch of 16 costs far less than 16
 batches of 1. A single request still runs alone, after at most `max_wait`.
+
+`close()` fails the inputs still waiting (and any submitted later) with
+`ShuttingDown` at once, so no search waits for a forward that will never run.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from indexer.encoders import Encoder
+from search.serve.service import ShuttingDown
 
 
 class BatchingEncoder:
@@ -28,6 +32,8 @@ class BatchingEncoder:
         self.max_batch = max(1, max_batch)
         self.max_wait = max(0.0, max_wait)
         self._inbox: queue.Queue = queue.Queue()
+        self._closed = False
+        self._closing = threading.Lock()  # a submit either lands before the close or is refused
         self.forwards = 0  # batches run, for tests and /v1/info
         self.inputs = 0
         self._thread = threading.Thread(target=self._run, name=f"batch-{encoder.spec.vector}", daemon=True)
@@ -68,11 +74,24 @@ class BatchingEncoder:
         if not inputs:
             done.set_result(np.zeros((0, self.encoder.dim), dtype=np.float32))
         else:
-            self._inbox.put((inputs, done))
+            with self._closing:
+                if self._closed:
+                    raise ShuttingDown()
+                self._inbox.put((inputs, done))
         return done
 
     def close(self) -> None:
-        self._inbox.put(None)
+        """Stop after the forward running now (if any); everything still waiting fails with ShuttingDown."""
+        with self._closing:
+            self._closed = True
+            while True:
+                try:
+                    waiting = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if waiting is not None:
+                    waiting[1].set_exception(ShuttingDown())
+            self._inbox.put(None)
 
     def _run(self) -> None:
         while True:

@@ -7,6 +7,13 @@ at a time (the rest are refused at once, so an overload never takes the
 server down), and optionally keeps the collection in sync with a DAM folder
 (`watch`) using the same incremental sync as `indexer sync` and the models
 already in memory.
+
+Stopping never leaves a client or a thread waiting without an end: searches
+still queued are answered `ShuttingDown` at once, running ones get a grace to
+finish and are answered `ShuttingDown` after it, forwards waiting for a
+micro-batch are failed, a watch sync stops at its next batch, and the store
+is closed only once every thread is out of it (or left to the operating
+system if one is still stuck after `STOP_WAIT`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +43,9 @@ from indexer.sync import DEFAULT_MAX_DELETE, DeleteLimit
 from search.options import SearchOptions
 
 log = logging.getLogger("catalogue.serve")
+#: How long closing waits for threads still at work (a model forward, a watch sync's batch) after every
+#: client was answered; then the process ends without them.
+STOP_WAIT = 5.0
 
 
 @dataclass
@@ -58,6 +68,7 @@ class ServeConfig:
     watch: Path | None = None
     watch_interval: float = 2.0
     max_delete: DeleteLimit = DEFAULT_MAX_DELETE  # a watch pass that would delete more is refused (a wrong mount)
+    stop_grace: float = 5.0  # on a stop, how long running searches get to finish
     url: str | None = None  # where this server answers, announced in an embedded store (search/serve/handoff.py)
     cert: str | None = None
 
@@ -68,6 +79,10 @@ class Busy(Exception):
 
 class NotReady(Exception):
     """The models or the store are still loading (or failed to)."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping: this work was refused, or abandoned before it finished."""
 
 
 class Service:
@@ -82,7 +97,13 @@ class Service:
         self._text_encoder = None
         self._text_lock = threading.Lock()
         self._products: int | None = None
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # set once: the server is stopping
+        self._answers: dict[Future, bool] = {}  # unanswered work -> may be abandoned (not a write)
+        self._working = 0  # pool threads inside a piece of work
+        self._changed = threading.Condition()  # guards both; notified when either shrinks
+        self._loader: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self.stragglers = False  # threads still at work when closing gave up waiting for them
         self.watch_state: dict = {}
         self._failing: dict[str, tuple] = {}  # files failing under --watch, as last logged
         self.started = time.time()
@@ -91,8 +112,11 @@ class Service:
 
     def load(self) -> None:
         """Open the store, load and warm the models; then serve. Failures are kept in `failure`."""
+        self._loader = threading.current_thread()  # a stop waits for it before closing the store
         try:
             self._load()
+        except ShuttingDown:
+            return  # stopped while indexing a new store: the next start goes on
         except CatalogueError as exc:
             self.failure = exc  # `run` reports it in one line and exits with its code
             return
@@ -100,6 +124,8 @@ class Service:
             log.exception("loading failed")
             self.failure = CatalogueError(f"internal error while loading ({type(exc).__name__}); the log above has the details")
             return
+        if self._stop.is_set():
+            return  # stopped while loading: nothing to announce or serve
         if self.config.url and not self.config.qdrant_url:
             from search.serve import handoff
 
@@ -107,8 +133,9 @@ class Service:
         self.ready.set()
         log.info("ready: collection %r in the %s, %d images", self.config.collection, self.store.describe(), self.searcher.images)
         threading.Thread(target=self._count_products, name="count-products", daemon=True).start()
-        if self.config.watch is not None:
-            threading.Thread(target=self._watch, name="watch", daemon=True).start()
+        if self.config.watch is not None and not self._stop.is_set():
+            self._watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
+            self._watcher.start()
 
     def _load(self) -> None:
         from indexer.store import open_store
@@ -160,30 +187,106 @@ class Service:
         picture.save(photo, "JPEG", quality=85)
         self.searcher.search_bytes_or_path(photo.getvalue(), SearchOptions(), query="warm-up")
 
-    def close(self) -> None:
+    def stop(self, grace: float) -> None:
+        """Take no more work: what waits in the queue is answered ShuttingDown now, what runs gets `grace`
+        seconds to finish, then is answered ShuttingDown too (writes excepted: they may still complete)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        if self.searcher is not None:
-            for encoder in self.searcher.encoders:
-                encoder.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)  # queued jobs: cancelled, their answers refused
+        threading.Thread(target=self._abandon_after, args=(grace,), name="stop", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop (no grace left), wait at most STOP_WAIT for the threads still at work, close the store."""
+        self.stop(0)
+        self._abandon()
+        if not self._wait_idle(STOP_WAIT):
+            self.stragglers = True
+            log.warning("stopping: work still running after %gs (a model forward or a watch sync); not waiting for it", STOP_WAIT)
         if self.store is not None:
             if not self.config.qdrant_url:
                 from search.serve import handoff
 
                 handoff.withdraw(self.store.root)
-            self.store.close()
+            if not self.stragglers:  # else a thread may still be inside it: the OS releases its lock at exit
+                self.store.close()
+
+    def _abandon_after(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        with self._changed:
+            while any(self._answers.values()) and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Answer what still runs ShuttingDown, and fail the forwards waiting for a micro-batch."""
+        with self._changed:
+            abandoned = [answer for answer, abandonable in self._answers.items() if abandonable]
+        for answer in abandoned:
+            _settle(answer, exception=ShuttingDown())
+        if self.searcher is not None:
+            for encoder in self.searcher.encoders:
+                encoder.close()
+
+    def _wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._working and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+            idle = not self._working
+        for thread in (self._loader, self._watcher):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+                idle = idle and not thread.is_alive()
+        return idle
+
+    def _halt_if_stopping(self, _done: int = 0) -> None:
+        """A sync's progress callback: a stop ends it between batches (what it wrote stays; the next sync goes on)."""
+        if self._stop.is_set():
+            raise ShuttingDown()
 
     # -- searches ----------------------------------------------------------------------------
 
-    def submit(self, work, *args):
-        """Run `work(*args)` in the worker pool; Busy at once when the pool and its queue are full."""
+    def submit(self, work, *args) -> Future:
+        """Run `work(*args)` in the worker pool; its answer comes in the future. Busy at once when the pool
+        and its queue are full, ShuttingDown once the server is stopping."""
+        if self._stop.is_set():
+            raise ShuttingDown()
         if not self.ready.is_set():
             raise NotReady(str(self.failure) if self.failure else "loading the models and the store")
         if not self._admitted.acquire(blocking=False):
             raise Busy()
-        future = self._pool.submit(work, *args)
-        future.add_done_callback(lambda _f: self._admitted.release())
-        return future
+        answer: Future = Future()
+        with self._changed:
+            self._answers[answer] = work not in (self.record_feedback, self.remove_feedback)
+        answer.add_done_callback(self._answered)
+        try:
+            job = self._pool.submit(self._run, answer, work, *args)
+        except RuntimeError:  # the pool shut down since the check above
+            _settle(answer, exception=ShuttingDown())
+        else:
+            job.add_done_callback(lambda job: job.cancelled() and _settle(answer, exception=ShuttingDown()))
+        return answer
+
+    def _run(self, answer: Future, work, *args) -> None:
+        if answer.done():
+            return  # answered already (the server is stopping)
+        with self._changed:
+            self._working += 1
+        try:
+            _settle(answer, result=work(*args))
+        except BaseException as exc:  # noqa: BLE001 - the request's handler turns it into its answer
+            _settle(answer, exception=exc)
+        finally:
+            with self._changed:
+                self._working -= 1
+                self._changed.notify_all()
+
+    def _answered(self, answer: Future) -> None:
+        with self._changed:
+            self._answers.pop(answer, None)
+            self._changed.notify_all()
+        self._admitted.release()
 
     def search_upload(self, data: bytes, name: str, options: SearchOptions, locate: str | None) -> dict:
         result = self.searcher.search_bytes_or_path(data, options, query=name, locate=locate)
@@ -336,6 +439,8 @@ class Service:
                 said = None
                 self.searcher.root = self.searcher.catalogue.record().get("root")
                 self._count_products()
+            except ShuttingDown:
+                return
             except CatalogueError as exc:
                 self.watch_state = {**self.watch_state, "last_error": str(exc), "at": time.time()}
                 if isinstance(exc, OptionError):
@@ -364,6 +469,7 @@ class Service:
 
         started = time.perf_counter()
         options = {"encoder_loader": loader} if loader else {}
+        options["progress"] = self._halt_if_stopping
         report = sync(
             folder,
             scanned,
@@ -408,3 +514,14 @@ class Service:
         fresh = [(path, error) for path, error in failed if self._failing.get(path) != now[path]]
         self._failing = now
         return fresh
+
+
+def _settle(answer: Future, *, result=None, exception: BaseException | None = None) -> None:
+    """Give `answer` its result or exception, unless it has one already (abandoned at a stop, or cancelled)."""
+    try:
+        if exception is not None:
+            answer.set_exception(exception)
+        else:
+            answer.set_result(result)
+    except InvalidStateError:
+        pass
