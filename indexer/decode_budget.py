@@ -73,11 +73,11 @@ class DecodeBudget:
         try:
             yield
         finally:
+            if needed >= TRIM_FROM_BYTES:
+                release_freed_memory()  # before the next decode may start
             with self._condition:
                 self._used.value -= needed
                 self._condition.notify_all()
-            if needed >= TRIM_FROM_BYTES:
-                release_freed_memory()
 
     @property
     def used(self) -> int:

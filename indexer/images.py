@@ -3,7 +3,9 @@
 Catalogue folders and phone photos hold every oddity PIL can open: EXIF
 rotation, CMYK, palettes, alpha, 16-bit greys, truncated uploads and the
 occasional decompression bomb. Everything downstream can then assume
-`PIL.Image` in mode RGB, of a shape the models can take.
+`PIL.Image` in mode RGB, of a shape the models can take, no larger than the
+caller needs: the full-size picture lives only as decoded, inside the decode
+budget (`indexer.decode_budget`).
 
 Refused, each with one line: anything but a regular file (a FIFO would
 block forever, /dev/zero never ends), files above CATALOGUE_MAX_FILE_MB,
@@ -148,10 +150,13 @@ def load_rgb(source: str | Path | bytes, *, name: str | None = None, draft: int 
         with process_budget().hold(decode_bytes(image.mode, image.size, factor), label):
             image.load()
             rgb = reduced_rgb(image, factor)
-        if not (image.format == "JPEG" and "exif" not in image.info and "xmp" not in image.info):
-            # Parsing the metadata costs a third of decoding a catalogue JPEG; PNG may keep it after the pixels.
-            rgb = _upright(rgb, image.getexif().get(ExifTags.Base.Orientation))
-        return rgb
+            orientation = None
+            if not (image.format == "JPEG" and "exif" not in image.info and "xmp" not in image.info):
+                # Parsing the metadata costs a third of decoding a catalogue JPEG; PNG may keep it after the pixels.
+                orientation = image.getexif().get(ExifTags.Base.Orientation)
+            if rgb is not image:
+                image.close()  # the full-size picture goes before its bytes go back to the budget
+        return _upright(rgb, orientation)
     except BadInputError:
         raise
     except UnidentifiedImageError:

@@ -33,7 +33,7 @@ from indexer.decode_budget import DecodeBudget, install
 from indexer.errors import BadInputError, CatalogueError
 from indexer.images import load_rgb, read_file
 
-#: JPEGs decode at reduced scale down to this short side: models need 224-260 px, colours 96.
+#: Images decode reduced down to this short side: models need 224-260 px, colours 96.
 DECODE_SHORT_SIDE = 512
 #: Jobs of at least this many images are prepared in processes; smaller ones in threads.
 PROCESSES_FROM = 256

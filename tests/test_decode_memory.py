@@ -17,11 +17,11 @@ from conftest import DATA, all_points, error_of, serve_holding
 from PIL import Image, ImageDraw, ImageOps
 
 from indexer import images
-from indexer.decode_budget import BUDGET_ENV, DecodeBudget
-from indexer.images import load_rgb, reduced_rgb, to_rgb
+from indexer.images import load_rgb, to_rgb
 
 DEV = Path("/work/shared/data/store-photos-dev")
 QUERY_SIDE = 768  # search.query.QUERY_DECODE_SIDE
+BUDGET_ENV = "CATALOGUE_DECODE_BUDGET_MB"
 
 
 def encoded(image: Image.Image, fmt: str, **params) -> bytes:
@@ -81,6 +81,8 @@ def test_normal_photos_decode_pixel_equal_to_before(draft):
 
 @pytest.mark.parametrize("mode", ["RGBA", "P", "PT", "1", "LA", "I;16", "CMYK", "RGB"])
 def test_strips_convert_and_reduce_as_the_whole_picture_would(mode, monkeypatch):
+    from indexer.images import reduced_rgb
+
     monkeypatch.setattr(images, "STRIP_PIXELS", 1000)  # dozens of strips on a small picture
     rng = np.random.default_rng(0)
     rgba = Image.fromarray(rng.integers(0, 256, (203, 157, 4), dtype=np.uint8), "RGBA")
@@ -154,13 +156,15 @@ def test_sync_workers_share_the_budget_and_report_what_cannot_fit(cli, dam, stor
     assert {"POSTER.png", "SCAN.png"} <= {p.payload["path"] for p in all_points(store)}
 
 
-def _hold_then_report(budget: DecodeBudget, needed: int, done) -> None:
+def _hold_then_report(budget, needed: int, done) -> None:
     with budget.hold(needed, "x"):
         done.set()
 
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_a_decode_waits_until_the_budget_has_room(kind):
+    from indexer.decode_budget import DecodeBudget
+
     if kind == "thread":
         budget, done = DecodeBudget(100), threading.Event()
         worker = threading.Thread(target=_hold_then_report, args=(budget, 50, done))
