@@ -3,7 +3,9 @@
 Catalogue folders and phone photos hold every oddity PIL can open: EXIF
 rotation, CMYK, palettes, alpha, 16-bit greys, truncated uploads and the
 occasional decompression bomb. Everything downstream can then assume
-`PIL.Image` in mode RGB, of a shape the models can take.
+`PIL.Image` in mode RGB, of a shape the models can take, no larger than the
+caller needs: the full-size picture lives only as decoded, inside the decode
+budget (`indexer.decode_budget`).
 
 Refused, each with one line: anything but a regular file (a FIFO would
 block forever, /dev/zero never ends), files above CATALOGUE_MAX_FILE_MB,
@@ -22,8 +24,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
+from indexer.decode_budget import process_budget
 from indexer.errors import BadInputError, first_line
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
@@ -38,6 +41,24 @@ DEFAULT_MAX_FILE_MB = 256
 #: The short side must be at least this many pixels, the long side at most MAX_ASPECT times the short.
 MIN_SIDE = 16
 MAX_ASPECT = 12.0
+#: Formats Pillow can decode at a smaller scale (MPO: the JPEG of phones that add a depth map).
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+#: Pixels converted to RGB at a time: the full-size picture is only ever held as decoded.
+STRIP_PIXELS = 2**20
+#: Bytes a pixel of a strip may take while it converts (16-bit greys pass through float64 in numpy).
+_STRIP_BYTES_PER_PIXEL = 32
+#: How Pillow stores a decoded pixel, by mode (others: 4 bytes).
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def max_pixels() -> int:
@@ -94,10 +115,14 @@ def _kind(mode: int) -> str:
 def load_rgb(source: str | Path | bytes, *, name: str | None = None, draft: int | None = None) -> Image.Image:
     """Decode `source` (a path or the file's bytes) into an upright RGB image.
 
-    `draft` lets JPEG decoding scale down by powers of two while keeping the
-    short side at least `draft` pixels: a 12 MP phone photo needed at 640 px
-    then decodes several times faster. Raises BadInputError with a one-line
-    message for anything that is not a usable image.
+    `draft` is the short side the caller needs: a larger picture comes out
+    reduced by a whole factor that keeps its short side at least `draft`
+    pixels (JPEG decodes at a smaller scale, other formats are averaged over
+    blocks as they are converted), so nothing downstream holds the full-size
+    picture. Without it the picture keeps its size. The decode holds its
+    estimated memory in the process's decode budget while it runs. Raises
+    BadInputError with a one-line message for anything that is not a usable
+    image, or that needs more memory than the whole budget.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "image")
     data = source if isinstance(source, bytes) else read_file(source, label=label)
@@ -119,12 +144,19 @@ def load_rgb(source: str | Path | bytes, *, name: str | None = None, draft: int 
             raise BadInputError(f"{label}: {width}x{height} pixels is too small; at least {MIN_SIDE} pixels a side")
         if max(width, height) > MAX_ASPECT * min(width, height):
             raise BadInputError(f"{label}: {width}x{height} pixels is too elongated; at most {MAX_ASPECT:g}:1")
-        if draft and image.format == "JPEG":
-            image.draft("RGB", _draft_size(image.size, draft))
-        image.load()
-        if not (image.format == "JPEG" and "exif" not in image.info and "xmp" not in image.info):
-            image = ImageOps.exif_transpose(image)  # parses the metadata: a third of decoding a catalogue JPEG
-        return to_rgb(image)
+        if draft and image.format in JPEG_FORMATS:
+            image.draft("RGB", _draft_size(image.size, draft))  # sets the size and mode the decode will have
+        factor = reduction(image.size, draft)
+        with process_budget().hold(decode_bytes(image.mode, image.size, factor), label):
+            image.load()
+            rgb = reduced_rgb(image, factor)
+            orientation = None
+            if not (image.format == "JPEG" and "exif" not in image.info and "xmp" not in image.info):
+                # Parsing the metadata costs a third of decoding a catalogue JPEG; PNG may keep it after the pixels.
+                orientation = image.getexif().get(ExifTags.Base.Orientation)
+            if rgb is not image:
+                image.close()  # the full-size picture goes before its bytes go back to the budget
+        return _upright(rgb, orientation)
     except BadInputError:
         raise
     except UnidentifiedImageError:
@@ -136,13 +168,67 @@ def load_rgb(source: str | Path | bytes, *, name: str | None = None, draft: int 
         raise BadInputError(f"{label}: unreadable image ({first_line(exc)})") from None
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; transparency is composited on white like a DAM shot."""
+def reduction(size: tuple[int, int], short_side: int | None) -> int:
+    """The whole factor that brings `size` nearest `short_side` from above (1: keep the size)."""
+    if not short_side:
+        return 1
+    return max(1, min(size) // short_side)
+
+
+def decode_bytes(mode: str, size: tuple[int, int], factor: int) -> int:
+    """What decoding a picture of `mode` and `size` into RGB reduced by `factor` holds at its peak:
+    the picture as decoded, then the strip being converted and the RGB result beside it."""
+    width, height = size
+    decoded = width * height * _BYTES_PER_PIXEL.get(mode, 4)
+    if mode == "RGB" and factor == 1:
+        return decoded  # it is the result
+    strip = width * min(height, _strip_rows(width, factor)) * _STRIP_BYTES_PER_PIXEL
+    return decoded + strip + -(-width // factor) * -(-height // factor) * 4  # Pillow keeps RGB in 4 bytes a pixel
+
+
+def reduced_rgb(image: Image.Image, factor: int) -> Image.Image:
+    """`image` in RGB, each `factor` x `factor` block averaged into one pixel.
+
+    The conversion runs a strip at a time: converting a 1-bit or palette picture
+    whole would first make it 4 bytes a pixel (and compositing alpha, several
+    times that) at full size. A strip of whole blocks converts and reduces to
+    exactly what the whole picture would.
+    """
+    if image.mode == "RGB" and factor == 1:
+        return image
+    width, height = image.size
+    scale = _grey_scale(image)
+    rows = _strip_rows(width, factor)
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        strip = to_rgb(image.crop((0, top, width, min(height, top + rows))), scale)
+        out.paste(strip.reduce(factor) if factor > 1 else strip, (0, top // factor))
+    return out
+
+
+def _strip_rows(width: int, factor: int) -> int:
+    """Rows per converted strip: about STRIP_PIXELS, in whole blocks of `factor` rows."""
+    return max(1, STRIP_PIXELS // (width * factor)) * factor
+
+
+def _upright(image: Image.Image, orientation: int | None) -> Image.Image:
+    method = _TRANSPOSE.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
+def to_rgb(image: Image.Image, grey_scale: float | None = None) -> Image.Image:
+    """Convert any PIL mode to RGB; transparency is composited on white like a DAM shot.
+
+    `grey_scale` multiplies 16-bit and float greys into 0..255; by default it is
+    chosen from this image's own values (pass the whole picture's for a strip).
+    """
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
+    if mode in _GREY_MODES:
+        values = np.asarray(image)
+        scale = _grey_scale_of(values.min(initial=0), values.max(initial=0)) if grey_scale is None else grey_scale
+        return Image.fromarray(np.clip(np.rint(values.astype(np.float64) * scale), 0, 255).astype(np.uint8)).convert("RGB")
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
         mode = "RGBA"
@@ -153,16 +239,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
+def _grey_scale(image: Image.Image) -> float | None:
+    """The factor that brings a 16-bit or float picture's greys into 0..255, read a strip at a time."""
+    if image.mode not in _GREY_MODES:
+        return None
+    width, height = image.size
+    rows = _strip_rows(width, 1)
+    low, high = 0, 0
+    for top in range(0, height, rows):
+        values = np.asarray(image.crop((0, top, width, min(height, top + rows))))
+        low, high = min(low, values.min(initial=0)), max(high, values.max(initial=0))
+    return _grey_scale_of(low, high)
+
+
+def _grey_scale_of(low, high) -> float:
     """Scale 16-bit or float greys to 0..255 instead of clipping them white."""
-    values = values.astype(np.float64)
-    if values.max(initial=0) <= 1.0 and values.min(initial=0) >= 0.0:
-        scaled = values * 255.0  # float images in 0..1
-    elif values.max(initial=0) <= 255:
-        scaled = values
-    else:
-        scaled = values / 257.0  # 0..65535 -> 0..255
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if high <= 1.0 and low >= 0.0:
+        return 255.0  # float images in 0..1
+    if high <= 255:
+        return 1.0
+    return 1 / 257.0  # 0..65535 -> 0..255
 
 
 def _draft_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:

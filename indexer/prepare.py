@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.decode_budget import DecodeBudget, install
 from indexer.errors import BadInputError, CatalogueError
 from indexer.images import load_rgb, read_file
 
-#: JPEGs decode at reduced scale down to this short side: models need 224-260 px, colours 96.
+#: Images decode reduced down to this short side: models need 224-260 px, colours 96.
 DECODE_SHORT_SIDE = 512
 #: Jobs of at least this many images are prepared in processes; smaller ones in threads.
 PROCESSES_FROM = 256
@@ -112,11 +113,13 @@ class Preparer:
     def __enter__(self) -> Preparer:
         if self.processes:
             # spawn, not fork: the parent already runs model and store threads, which fork would copy mid-flight.
+            context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
                 self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=context,
                 initializer=_start_worker,
-                initargs=(os.getpid(),),
+                # One decode budget for all the workers: more of them must not mean more memory for decodes.
+                initargs=(os.getpid(), DecodeBudget.shared(context)),
             )
         else:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="prepare")
@@ -163,7 +166,8 @@ def _prepare_all(jobs: list[Job], steps: Sequence[Callable], colours: int) -> li
     return [prepare(job, steps, colours) for job in jobs]
 
 
-def _start_worker(parent: int) -> None:
+def _start_worker(parent: int, budget: DecodeBudget) -> None:
+    install(budget)
     # Ctrl-C reaches the whole process group: the parent stops the sync, workers must not print tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(parent,), name="watch-parent", daemon=True).start()

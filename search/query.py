@@ -34,7 +34,7 @@ from search.rescore import colour_bonus
 if TYPE_CHECKING:
     from PIL import Image
 
-#: Query photos decode at reduced JPEG scale down to this short side.
+#: Query photos decode reduced down to this short side (`indexer.images.load_rgb`).
 QUERY_DECODE_SIDE = 768
 LOCALISERS = ("centre", "none", "proposals", "owlv2")
 #: Candidate points whose stored vectors each view of the photo is compared with (the agreement signal).
