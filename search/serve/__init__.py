@@ -25,6 +25,8 @@ def run(
     api_key: str | None = None,
     feedback_key: str | None = None,
     max_upload_mb: float = 25,
+    upload_budget_mb: float = 128,
+    read_timeout: float = 30,
     cors_origins: tuple[str, ...] = (),
     tls_cert: str | None = None,
     tls_key: str | None = None,
@@ -51,6 +53,8 @@ def run(
         feedback_key=feedback_key,
         open_feedback=_loopback(host),
         max_upload_mb=max_upload_mb,
+        upload_budget_mb=upload_budget_mb,
+        read_timeout=read_timeout,
         cors_origins=cors_origins,
     )
     server = uvicorn.Server(
