@@ -2,7 +2,8 @@
 
 - `service.py`: `Service`, what a request asks of the loaded models and store (no HTTP in it).
 - `batching.py`: concurrent searches share model forwards.
-- `app.py`: the FastAPI app: routes, errors, API key, request log, upload limits.
+- `app.py`: the FastAPI app: routes, errors, API key, request log.
+- `bodies.py`: request bodies admitted before they are read, read under a deadline, bounded.
 - `static/`: the page (plain HTML, CSS and JavaScript: no build step, no CDN).
 """
 

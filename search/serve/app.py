@@ -1,7 +1,8 @@
 """The HTTP API and the staff page, over one `Service`.
 
     POST /v1/search               a photo (multipart field `image`, or the raw body as image/*) -> the
-                                  same JSON object as one entry of `search image --json`
+                                  same JSON object as one entry of `search image --json`, a match's
+                                  `image` being its /v1/images URL rather than a path on this disk
     POST /v1/search/text          {"text": ...} -> products (models with a text tower)
     GET  /v1/products/{id}        a product's payload and images
     GET  /v1/images/{point|path}  a catalogue image (indexed files under the DAM root only)
@@ -14,8 +15,9 @@
     GET  /                        the page for store staff (static files, no build step, no CDN)
 
 Errors are JSON `{"error": one line, "status": code, "request_id": id}` with
-the status that fits (413, 415, 422, 404, 401, 403, 503 + Retry-After);
-nothing ever returns a stack trace. Feedback changes what every later search
+the status that fits (408, 413, 415, 422, 404, 401, 403, 503 + Retry-After);
+nothing ever returns a stack trace, nor a path of the server's folders. Bodies
+are admitted before they are read and read under a deadline (`bodies.py`). Feedback changes what every later search
 answers, so /v1/feedback takes its own key (CATALOGUE_FEEDBACK_KEY) when one
 is set, else the API key; with neither, only a server on the loopback
 interface accepts it. Each request logs one line: request id, method,
