@@ -622,6 +622,22 @@ def text(text, top_k, candidates, filters, model, device, runtime, dtype, qdrant
     help="Largest photo accepted (413 beyond) [env CATALOGUE_MAX_UPLOAD_MB].",
 )
 @click.option(
+    "--upload-budget-mb",
+    type=click.FloatRange(0.01, 65536),
+    default=128.0,
+    show_default=True,
+    envvar="CATALOGUE_UPLOAD_BUDGET_MB",
+    help="Bytes all uploads in flight may hold together; past it, 503 before a body is read [env CATALOGUE_UPLOAD_BUDGET_MB].",
+)
+@click.option(
+    "--read-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=30.0,
+    show_default=True,
+    envvar="CATALOGUE_READ_TIMEOUT_S",
+    help="Seconds a client has to send a whole request body (408 after) [env CATALOGUE_READ_TIMEOUT_S].",
+)
+@click.option(
     "--cors-origin",
     "cors_origins",
     multiple=True,
@@ -670,6 +686,8 @@ def serve(
     max_batch,
     batch_wait_ms,
     max_upload_mb,
+    upload_budget_mb,
+    read_timeout,
     cors_origins,
     tls_cert,
     tls_key,
@@ -741,6 +759,8 @@ def serve(
         api_key=os.environ.get("CATALOGUE_API_KEY") or None,
         feedback_key=os.environ.get("CATALOGUE_FEEDBACK_KEY") or None,
         max_upload_mb=max_upload_mb,
+        upload_budget_mb=upload_budget_mb,
+        read_timeout=read_timeout,
         cors_origins=cors_origins,
         tls_cert=tls_cert,
         tls_key=tls_key,

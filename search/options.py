@@ -101,6 +101,8 @@ def _integer(name: str, value, low: int, high: int) -> int:
 
 def _number(name: str, value, low: float, high: float) -> float:
     try:
+        if isinstance(value, bool):  # float(True) is 1.0: a yes/no is not a number
+            raise TypeError
         number = float(value)
     except (TypeError, ValueError):
         raise OptionError(f"{name} {value!r}: expected a number from {low:g} to {high:g}") from None

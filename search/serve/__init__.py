@@ -2,7 +2,8 @@
 
 - `service.py`: `Service`, what a request asks of the loaded models and store (no HTTP in it).
 - `batching.py`: concurrent searches share model forwards.
-- `app.py`: the FastAPI app: routes, errors, API key, request log, upload limits.
+- `app.py`: the FastAPI app: routes, errors, API key, request log.
+- `bodies.py`: request bodies admitted before they are read, read under a deadline, bounded.
 - `static/`: the page (plain HTML, CSS and JavaScript: no build step, no CDN).
 
 `run` owns the process: it binds the port before loading anything (a port in use is one line, exit 4),
@@ -37,6 +38,8 @@ def run(
     api_key: str | None = None,
     feedback_key: str | None = None,
     max_upload_mb: float = 25,
+    upload_budget_mb: float = 128,
+    read_timeout: float = 30,
     cors_origins: tuple[str, ...] = (),
     tls_cert: str | None = None,
     tls_key: str | None = None,
@@ -66,6 +69,8 @@ def run(
         feedback_key=feedback_key,
         open_feedback=_loopback(host),
         max_upload_mb=max_upload_mb,
+        upload_budget_mb=upload_budget_mb,
+        read_timeout=read_timeout,
         cors_origins=cors_origins,
     )
 

@@ -1,7 +1,8 @@
 """The HTTP API and the staff page, over one `Service`.
 
     POST /v1/search               a photo (multipart field `image`, or the raw body as image/*) -> the
-                                  same JSON object as one entry of `search image --json`
+                                  same JSON object as one entry of `search image --json`, a match's
+                                  `image` being its /v1/images URL rather than a path on this disk
     POST /v1/search/text          {"text": ...} -> products (models with a text tower)
     GET  /v1/products/{id}        a product's payload and images ('/' in an id sent as %2F)
     GET  /v1/products?product_id= the same, any id (browsers rewrite '.' and '..' segments of a path)
@@ -16,8 +17,9 @@
     GET  /                        the page for store staff (static files, no build step, no CDN)
 
 Errors are JSON `{"error": one line, "status": code, "request_id": id}` with
-the status that fits (413, 415, 422, 404, 401, 403, 503 + Retry-After);
-nothing ever returns a stack trace. Feedback changes what every later search
+the status that fits (408, 413, 415, 422, 404, 401, 403, 503 + Retry-After);
+nothing ever returns a stack trace, nor a path of the server's folders. Bodies
+are admitted before they are read and read under a deadline (`bodies.py`). Feedback changes what every later search
 answers, so /v1/feedback takes its own key (CATALOGUE_FEEDBACK_KEY) when one
 is set, else the API key; with neither, only a server on the loopback
 interface accepts it. Each request logs one line: request id, method,
@@ -27,8 +29,10 @@ path, status, milliseconds and the search's stage timings; never a key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import re
 import threading
 import time
 import uuid
@@ -36,13 +40,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as InPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser  # imported here: not on the first request
 
@@ -52,11 +56,16 @@ from indexer.store.schema import MAX_PRODUCT_ID
 from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.options import make_options
 from search.rescore import DEFAULT_ALPHA, DEFAULT_THRESHOLD
+from search.serve import bodies
 from search.serve.service import Busy, NotReady, Service, ShuttingDown
 
 log = logging.getLogger("catalogue.serve")
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 25
+DEFAULT_UPLOAD_BUDGET_MB = 128
+DEFAULT_READ_TIMEOUT_S = 30.0
+#: A JSON body (a text query) is small: its text is at most MAX_TEXT characters.
+MAX_JSON_BODY = 64 * 1024
 #: Room for multipart boundaries and headers around the photo itself.
 MULTIPART_SLACK = 64 * 1024
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -69,6 +78,8 @@ MAX_ANSWERED = 10
 
 
 class TextQuery(BaseModel):
+    model_config = ConfigDict(strict=True)  # true is not a number, "10" is not a count
+
     text: str = Field(min_length=1, max_length=MAX_TEXT, description="What to look for, e.g. 'black saddle bag'.")
     top_k: int = 10
     candidates: int = 100
@@ -89,13 +100,34 @@ def create_app(
     feedback_key: str | None = None,
     open_feedback: bool = False,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    upload_budget_mb: float = DEFAULT_UPLOAD_BUDGET_MB,
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S,
     cors_origins: tuple[str, ...] = (),
 ) -> FastAPI:
     """The ASGI app; `service.load()` runs in the background from startup, `service.close()` at shutdown.
 
     `feedback_key` guards /v1/feedback (else `api_key` does); `open_feedback` lets it through without
-    any key (a server listening on loopback only)."""
+    any key (a server listening on loopback only). Bodies: see `bodies` (`upload_budget_mb` held by
+    uploads in flight, each within `read_timeout` seconds)."""
     max_upload = int(max_upload_mb * 2**20)
+    gate = bodies.Gate(slots=service.config.workers + service.config.queue, budget=int(upload_budget_mb * 2**20))
+
+    def admission(limit_of):
+        """A route's dependency: its request holds a place for its body, and for its search, before a byte
+        is read; refused at once (503) when the server is not ready or the places or the budget are taken."""
+
+        async def admitted(request: Request):
+            if not service.ready.is_set():
+                raise NotReady(str(service.failure) if service.failure else "loading the models and the store")
+            with gate.admit(request, limit_of(request)):
+                yield
+
+        return Depends(admitted)
+
+    photo_place = admission(
+        lambda request: max_upload + (MULTIPART_SLACK if _media_type(request) == "multipart/form-data" else 0)
+    )
+    json_place = admission(lambda _request: MAX_JSON_BODY)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -123,44 +155,26 @@ def create_app(
             expose_headers=["X-Request-ID", "Server-Timing"],
         )
 
-    @app.middleware("http")
-    async def request_line(request: Request, call_next):
-        """Request id, the API key check, and one log line per request."""
-        request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:12]
-        request.state.request_id = request_id
-        request.state.timings = None
-        started = time.perf_counter()
+    def refusal(request: Request) -> JSONResponse | None:
+        """The API key check: the answer that refuses `request`, or None to let it through."""
         path = request.url.path
         feedback = path == FEEDBACK_PATH or path.startswith(FEEDBACK_PATH + "/")
         required = (feedback_key or api_key) if feedback else api_key
         if required and path.startswith("/v1/") and not _authorised(request, required):
             which = "feedback key" if feedback and feedback_key else "API key"
-            response = _error(
+            return _error(
                 request, 401, f"missing or wrong {which}: send 'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"}
             )
-        elif feedback and not required and not open_feedback:
-            response = _error(
+        if feedback and not required and not open_feedback:
+            return _error(
                 request,
                 403,
                 "feedback is off on this server: it listens beyond loopback without a key; "
                 "start it with CATALOGUE_FEEDBACK_KEY (or CATALOGUE_API_KEY) set",
             )
-        else:
-            response = await call_next(request)
-        response.headers["X-Request-ID"] = request_id
-        timings = request.state.timings or {}
-        if timings:
-            response.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
-        log.info(
-            "%s %s %s %d %.0fms%s",
-            request_id,
-            request.method,
-            request.url.path,
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-            "".join(f" {k}={v}" for k, v in timings.items()),
-        )
-        return response
+        return None
+
+    app.add_middleware(RequestLine, refusal=refusal)
 
     # -- errors: one line of JSON, the right status, never a stack trace ----------------------
 
@@ -205,10 +219,26 @@ def create_app(
     async def http_error(request: Request, exc: StarletteHTTPException):
         return _error(request, exc.status_code, str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        log.exception("%s internal error", getattr(request.state, "request_id", "-"))
-        return _error(request, 500, "internal error; the server log has the details under this request id")
+    @app.exception_handler(bodies.Refused)
+    async def refused(request: Request, exc: bodies.Refused):
+        return _error(request, 503, str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(bodies.TooLarge)
+    async def too_large(request: Request, exc: bodies.TooLarge):
+        return _error(request, 413, str(exc))
+
+    @app.exception_handler(bodies.TooSlow)
+    async def too_slow(request: Request, exc: bodies.TooSlow):
+        return _error(request, 408, str(exc))
+
+    @app.exception_handler(bodies.BadJson)
+    async def bad_json(request: Request, exc: bodies.BadJson):
+        return _error(request, 422, str(exc))
+
+    @app.exception_handler(bodies.ClientGone)
+    async def client_gone(request: Request, exc: bodies.ClientGone):
+        request.state.note = str(exc)  # the request's log line says it; nobody is left to answer
+        return _error(request, 499, str(exc))
 
     # -- health ----------------------------------------------------------------------------------
 
@@ -220,7 +250,8 @@ def create_app(
     def readyz():
         if service.ready.is_set():
             return {"ready": True}
-        reason = f"failed: {service.failure}" if service.failure else "loading the models and the store"
+        failure = service.failure and _hide_folders(str(service.failure), service)
+        reason = f"failed: {failure}" if failure else "loading the models and the store"
         return JSONResponse({"ready": False, "reason": reason}, status_code=503, headers={"Retry-After": "2"})
 
     # -- the API ---------------------------------------------------------------------------------
@@ -237,6 +268,7 @@ def create_app(
         locate: str | None = Query(None, description="centre, none or proposals (owlv2 when the server was started with it)."),
         min_confidence: float = Query(DEFAULT_MIN_CONFIDENCE, description="Below this the answer is flagged not confident."),
         store_views: bool = Query(True, description="false: match catalogue images only, not store photos staff confirmed."),
+        _place: None = photo_place,
     ):
         options = make_options(
             top_k=top_k,
@@ -250,13 +282,21 @@ def create_app(
         )
         if locate is not None and locate not in (*WEB_LOCALISERS, service.config.locate):
             raise OptionError(f"locate {locate!r}: choose one of {', '.join(sorted({*WEB_LOCALISERS, service.config.locate}))}")
-        data, name = await _photo(request, max_upload)
+        data, name = await _photo(request, max_upload, read_timeout)
         result = await asyncio.wrap_future(service.submit(service.search_upload, data, name, options, locate))
         request.state.timings = result["timings_ms"]
-        return result
+        return _image_urls(result)
 
-    @app.post("/v1/search/text", tags=["search"], summary="Products matching a description (CLIP-family models).")
-    async def search_text(query: TextQuery, request: Request):
+    @app.post(
+        "/v1/search/text",
+        tags=["search"],
+        summary="Products matching a description (CLIP-family models).",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": TextQuery.model_json_schema()}}}
+        },
+    )
+    async def search_text(request: Request, _place: None = json_place):
+        query = _validated(TextQuery, await bodies.read_json(request, MAX_JSON_BODY, read_timeout))
         options = make_options(top_k=query.top_k, candidates=query.candidates, filters=query.filters, colour=False)
         if service.ready.is_set() and not service.has_text():
             raise ApiError(
@@ -265,7 +305,7 @@ def create_app(
             )
         result = await asyncio.wrap_future(service.submit(service.search_text, query.text.strip(), options))
         request.state.timings = result["timings_ms"]
-        return result
+        return _image_urls(result)
 
     async def product_named(product_id: str) -> dict:
         found = await asyncio.wrap_future(service.submit(service.product, product_id))
@@ -293,7 +333,13 @@ def create_app(
 
     @app.get("/v1/info", tags=["catalogue"], summary="Models, counts, categories, calibration, store.")
     async def info():
-        return await asyncio.wrap_future(service.submit(service.info))
+        found = await asyncio.wrap_future(service.submit(service.info))
+        found["store"] = _hide_folders(found["store"], service)
+        found["root"] = found["root"] and Path(found["root"]).name
+        if found.get("watch"):
+            found["watch"]["folder"] = Path(found["watch"]["folder"]).name
+        found["uploads"] = {"in_flight": gate.held, "bytes": gate.held_bytes, "budget": gate.budget}
+        return found
 
     # -- feedback: what staff say a photo shows ------------------------------------------------------
 
@@ -310,6 +356,7 @@ def create_app(
         origin: Literal["api", "page", "cli"] = Query(
             "api", description="Where the answer comes from, as the caller says (page: the staff page, cli: indexer feedback)."
         ),
+        _place: None = photo_place,
     ):
         from indexer.feedback import parse_box
 
@@ -317,7 +364,7 @@ def create_app(
             raise ApiError(422, "say what the photo shows: product_id=ID, or not_in_catalogue=true")
         located = parse_box(box)
         shown = _answered(answered)
-        data, name = await _photo(request, max_upload)
+        data, name = await _photo(request, max_upload, read_timeout)
         if product_id and service.ready.is_set() and not service.views.has_product(product_id):
             raise ApiError(404, f"no product {product_id[:80]!r} in collection {service.config.collection!r}")
         return await asyncio.wrap_future(
@@ -348,33 +395,107 @@ def create_app(
     return app
 
 
-async def _photo(request: Request, limit: int) -> tuple[bytes, str]:
-    """The uploaded photo's bytes and name: a multipart field `image` (or the only file), or the raw body."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+class RequestLine:
+    """The request id, the key check, and one log line per request, whatever becomes of it.
+
+    A plain ASGI middleware (not `@app.middleware`), so that it sees a request
+    cancelled while the server stops, and a failure of ours, and can still answer
+    each with one line of JSON and log one line (a traceback only for a failure
+    of ours). A response sent before its request's body was read closes the
+    connection: the rest of the body is never read."""
+
+    def __init__(self, app, refusal):
+        self.app = app
+        self.refusal = refusal
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:12]
+        request.state.request_id = request_id
+        request.state.timings = None
+        request.state.note = None
+        started = time.perf_counter()
+        unread = bodies.content_length(request) != 0 and (
+            "content-length" in request.headers or "transfer-encoding" in request.headers
+        )
+        status = None
+
+        async def receive_body():
+            nonlocal unread
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                unread = False
+            return message
+
+        async def send_headed(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                timings = request.state.timings or {}
+                if timings:
+                    headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
+                if unread:
+                    headers["Connection"] = "close"
+            await send(message)
+
+        async def answer(code: int, message: str, headers: dict | None = None) -> None:
+            if status is None:
+                with contextlib.suppress(Exception):  # the connection may be gone too
+                    await _error(request, code, message, headers)(scope, receive_body, send_headed)
+
+        try:
+            refused = self.refusal(request)
+            await (refused or self.app)(scope, receive_body, send_headed)
+        except asyncio.CancelledError:  # the server stops: uvicorn cancels what its grace period did not finish
+            request.state.note = "cancelled: the server is stopping"
+            await answer(503, "the server is stopping; retry in a moment", {"Retry-After": "2"})
+        except Exception:
+            log.exception("%s internal error", request_id)
+            await answer(500, "internal error; the server log has the details under this request id")
+        timings = request.state.timings or {}
+        log.info(
+            "%s %s %s %s %.0fms%s%s",
+            request_id,
+            request.method,
+            request.url.path,
+            status or "-",
+            (time.perf_counter() - started) * 1000,
+            "".join(f" {k}={v}" for k, v in timings.items()),
+            f" {request.state.note}" if request.state.note else "",
+        )
+
+
+async def _photo(request: Request, limit: int, timeout: float) -> tuple[bytes, str]:
+    """The uploaded photo's bytes and name: a multipart field `image` (or the only file), or the raw body.
+    A multipart body streams into the form parser (which spools a file past 1 MB to disk)."""
+    kind = _media_type(request)
     multipart = kind == "multipart/form-data"
     if not multipart and not kind.startswith(RAW_TYPES):
         raise ApiError(
             415,
             f"content type {kind or 'missing'!r}: send the photo as multipart/form-data (field 'image') or as an image/* body",
         )
-    body = await _body(request, limit + (MULTIPART_SLACK if multipart else 0))
     if not multipart:
-        data, name = body, "upload"
+        data, name = await bodies.read(request, limit, timeout), "upload"
     else:
-
-        async def chunks():
-            yield body
-
+        body = bodies.chunks(request, limit + MULTIPART_SLACK, timeout)
         try:
-            form = await MultiPartParser(request.headers, chunks(), max_files=2, max_fields=20).parse()
+            form = await MultiPartParser(request.headers, body, max_files=2, max_fields=20).parse()
         except MultiPartException as exc:
             raise ApiError(422, f"malformed multipart body: {first_line(exc)}") from None
-        files = [v for v in form.values() if isinstance(v, UploadFile)]
-        upload = form.get("image") if isinstance(form.get("image"), UploadFile) else (files[0] if len(files) == 1 else None)
-        if upload is None:
-            raise ApiError(422, "no photo in the form: send it in the field 'image'")
-        data, name = await upload.read(), upload.filename or "upload"
-        await form.close()
+        try:
+            files = [v for v in form.values() if isinstance(v, UploadFile)]
+            upload = form.get("image") if isinstance(form.get("image"), UploadFile) else (files[0] if len(files) == 1 else None)
+            if upload is None:
+                raise ApiError(422, "no photo in the form: send it in the field 'image'")
+            data, name = await upload.read(), upload.filename or "upload"
+        finally:
+            await form.close()
     if len(data) > limit:
         raise ApiError(413, f"the photo is larger than the {limit / 2**20:g} MB upload limit")
     if not data:
@@ -382,17 +503,25 @@ async def _photo(request: Request, limit: int) -> tuple[bytes, str]:
     return data, name
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"the upload is larger than the {limit / 2**20:.0f} MB limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the upload is larger than the {limit / 2**20:.0f} MB limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _validated(model: type[BaseModel], value: object) -> BaseModel:
+    """`value` as `model`, or the 422 that names each field at fault."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _image_urls(result: dict) -> dict:
+    """A search's answer over HTTP: each match's `image` is its URL on this server, not a path on its disk
+    (`path` stays relative to the DAM root, or to the feedback store for a store view)."""
+    for matches in (result["matches"], *(group["matches"] for group in result["groups"])):
+        for match in matches:
+            match["image"] = f"/v1/images/{match['point_id']}" if match.get("point_id") else None
+    return result
 
 
 def _answered(values: list[str] | None) -> list[str] | None:
@@ -411,7 +540,31 @@ def _authorised(request: Request, api_key: str) -> bool:
 
 def _error(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
+    app = request.scope.get("app")
+    service = getattr(getattr(app, "state", None), "service", None)
+    message = message if service is None else _hide_folders(message, service)
     return JSONResponse({"error": message, "status": status, "request_id": request_id}, status_code=status, headers=headers)
+
+
+def _hide_folders(text: str, service: Service) -> str:
+    """`text` with the server's own folders (store, DAM, feedback store) named, not located: a client
+    has no use for where they are on the server's disk, and an attacker would."""
+    searcher = service.searcher
+    folders = {
+        service.config.qdrant_path,
+        service.config.watch,
+        getattr(service.store, "root", None),
+        getattr(searcher, "root", None),
+        getattr(searcher, "views_root", None),
+    }
+    spelled = {}
+    for folder in filter(None, folders):
+        for form in (Path(folder), Path(folder).absolute(), Path(folder).resolve()):
+            if form.is_absolute() and len(form.parts) > 1:
+                spelled[str(form)] = f"…/{form.name}"
+    for path, name in sorted(spelled.items(), key=lambda item: -len(item[0])):
+        text = re.sub(re.escape(path) + r"(?=$|[/\s'\",:;)])", lambda _found, name=name: name, text)
+    return text
 
 
 def _version() -> str:

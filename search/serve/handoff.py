@@ -29,12 +29,13 @@ ANNOUNCEMENT = "serve.json"
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 
 
-def announce(folder: Path, url: str, cert: str | None = None) -> None:
-    """Say in the store folder that this process serves it at `url` (written whole, or not at all)."""
+def announce(folder: Path, url: str, cert: str | None = None, roots: dict[str, str | None] | None = None) -> None:
+    """Say in the store folder that this process serves it at `url` (written whole, or not at all); `roots`
+    (source -> folder: the DAM, the feedback store) turn the paths its answers give back into this machine's."""
     path = Path(folder) / ANNOUNCEMENT
     partial = path.with_name(f".{ANNOUNCEMENT}.{os.getpid()}")
     try:
-        partial.write_text(json.dumps({"url": url, "pid": os.getpid(), "cert": cert}))
+        partial.write_text(json.dumps({"url": url, "pid": os.getpid(), "cert": cert, "roots": roots or {}}))
         os.replace(partial, path)
     except OSError:
         partial.unlink(missing_ok=True)  # a read-only store: searches then say "in use", as before
@@ -93,6 +94,16 @@ def search(server: dict, photo: Path, query: dict, *, api_key: str | None = None
             raise StoreUnavailable(f"search serve at {server['url']} wants its API key: set CATALOGUE_API_KEY") from None
         raise StoreUnavailable(f"search serve at {server['url']} answered {refused.code}: {refused.message}") from None
     result["query"] = str(photo)
+    return _local_images(result, server.get("roots") or {})
+
+
+def _local_images(result: dict, roots: dict) -> dict:
+    """The answer as `search image --json` prints it: each match's `image` the file's absolute path (over
+    HTTP it is the image's URL, the server's folders being none of a client's business)."""
+    for matches in (result["matches"], *(group["matches"] for group in result["groups"])):
+        for match in matches:
+            root = roots.get(match.get("source"))
+            match["image"] = str(Path(root) / match["path"]) if root else None
     return result
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from indexer.errors import CatalogueError
 from indexer.scan import display_path
 from indexer.store.schema import (
+    CATALOGUE_SOURCE,
     CATEGORY,
     COLOUR,
     FEEDBACK,
@@ -129,7 +130,8 @@ class Service:
         if self.config.url and not self.config.qdrant_url:
             from search.serve import handoff
 
-            handoff.announce(self.store.root, self.config.url, self.config.cert)
+            roots = {CATALOGUE_SOURCE: self.searcher.root, STORE_SOURCE: self.searcher.views_root}
+            handoff.announce(self.store.root, self.config.url, self.config.cert, roots)
         self.ready.set()
         log.info("ready: collection %r in the %s, %d images", self.config.collection, self.store.describe(), self.searcher.images)
         threading.Thread(target=self._count_products, name="count-products", daemon=True).start()
