@@ -30,6 +30,9 @@ MAX_FILTER_VALUE = 512
 
 @dataclass(frozen=True)
 class SearchOptions:
+    """What one search asks for. Its field defaults are the defaults of every caller: the CLIs, the HTTP
+    routes and the hand-off take them from here."""
+
     top_k: int = 10
     candidates: int = 100
     alpha: float = DEFAULT_ALPHA
@@ -47,14 +50,14 @@ class SearchOptions:
 
 def make_options(
     *,
-    top_k: int = 10,
-    candidates: int = 100,
-    alpha: float = DEFAULT_ALPHA,
-    threshold: float = DEFAULT_THRESHOLD,
-    colour: bool = True,
+    top_k: int = SearchOptions.top_k,
+    candidates: int = SearchOptions.candidates,
+    alpha: float = SearchOptions.alpha,
+    threshold: float = SearchOptions.threshold,
+    colour: bool = SearchOptions.colour,
     filters: Iterable[str] | Filters = (),
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-    store_views: bool = True,
+    min_confidence: float = SearchOptions.min_confidence,
+    store_views: bool = SearchOptions.store_views,
 ) -> SearchOptions:
     """Checked options; `filters` as KEY=VALUE strings or (key, value) pairs. Candidates are at least top_k."""
     top_k = _integer("top_k", top_k, 1, MAX_TOP_K)
