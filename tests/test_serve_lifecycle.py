@@ -35,8 +35,9 @@ def start(store: str, port: int, *options: str) -> subprocess.Popen:
     )
 
 
-def burst(port: int, photo: bytes, count: int) -> tuple[list, threading.Event, list[threading.Thread]]:
-    """`count` searches at once, each in its own thread; the event is set when the first answer came."""
+def burst(port: int, photo: bytes, count: int) -> tuple[list, threading.Event, list[threading.Thread], object]:
+    """`count` searches at once, each in its own thread; the event is set when the first answer came.
+    The caller closes the client (the last item) once the threads are done."""
     import httpx
 
     answers: list = [None] * count
@@ -53,7 +54,7 @@ def burst(port: int, photo: bytes, count: int) -> tuple[list, threading.Event, l
     threads = [threading.Thread(target=search, args=(i,), daemon=True) for i in range(count)]
     for thread in threads:
         thread.start()
-    return answers, first, threads
+    return answers, first, threads, client
 
 
 def stop(process: subprocess.Popen) -> str:
@@ -68,9 +69,10 @@ def test_a_stop_answers_every_search_and_exits_0_in_bounded_time(synced, store, 
     over: with no grace, the one waiting on its micro-batch); none gets a 500 and the process ends, exit 0."""
     port = free_port()
     process = start(store, port, *SLOW, *(["--stop-grace", grace] if grace else []))
+    client = None
     try:
         wait_for_http(port)
-        answers, first, threads = burst(port, (dam / RED).read_bytes(), BURST)
+        answers, first, threads, client = burst(port, (dam / RED).read_bytes(), BURST)
         assert first.wait(60)  # the server is working through the burst: the rest are queued
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=STOP_DEADLINE)
@@ -78,6 +80,8 @@ def test_a_stop_answers_every_search_and_exits_0_in_bounded_time(synced, store, 
             thread.join(30)
     finally:
         err = stop(process)
+        if client is not None:
+            client.close()
     assert code == 0, err
     statuses = [getattr(a, "status_code", repr(a)) for a in answers]
     assert set(statuses) <= {200, 503}, statuses
