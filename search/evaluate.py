@@ -1,9 +1,11 @@
 """How well does search name the product? Top-k accuracy, MRR, ranks, per category, over a grid of settings.
 
-Each photo goes through the same pipeline as `search image` once: its
-features and its candidate list are computed one time, then re-ranked under
-every setting (colour off, colour on, each alpha x threshold of a sweep),
-so a sweep costs almost nothing beyond the first setting.
+Each photo's features are computed once, as `search image` computes them, and
+ranked by the function every search ranks with (`Searcher.rankings`), given one
+option per setting (colour off, colour on, each alpha x threshold of a sweep):
+the candidates are fetched once, so a sweep costs almost nothing beyond the
+first setting. Eval adds only what it needs: the photo's own store view left
+out, and every point fetched so that a rank can reach past the candidates.
 
 The rank of a photo is the rank of its first correct product in what a user
 would page through: the re-scored candidates first, then every other product
@@ -27,9 +29,9 @@ from indexer.errors import BadInputError
 from indexer.images import IMAGE_SUFFIXES, load_rgb, read_file
 from indexer.store import Filters
 from indexer.store.schema import STORE_SOURCE
-from search.confidence import DEFAULT_MIN_CONFIDENCE, signals
+from search.confidence import DEFAULT_MIN_CONFIDENCE
 from search.options import SearchOptions
-from search.query import Candidate, Match, QueryFeatures, Searcher, rank
+from search.query import Match, QueryFeatures, Searcher
 from search.views import not_this_photo
 
 
@@ -294,61 +296,65 @@ def evaluate(
     missing: list[tuple[str, str]] = []
     results = []
     absent: list[dict[str, dict[str, float]]] = []
-    total = searcher.catalogue.count()
+    base = SearchOptions(top_k=top_k, candidates=candidates, filters=filters)
+    options = [replace(base, alpha=s.alpha, threshold=s.threshold, colour=s.colour) for s in settings]
     for query in queries:
-        expected = []
-        for reference in query.references:
-            product = references.product_for(reference)
-            if product is None:
-                missing.append((query.name, reference))
-            elif product not in expected:
-                expected.append(product)
-        if query.references and not expected:
-            skipped.append((query.name, "none of its references is in the collection"))
-            if progress:
-                progress(1)
-            continue
+        expected = _expected(query, references, missing)
         t0 = time.perf_counter()
         try:
+            if query.references and not expected:
+                raise BadInputError("none of its references is in the collection")
             data = read_file(query.photo, label=query.name)
             # The most likely located product answers for the photo (ground truth names one product).
             features = _features(searcher, data, query)
         except BadInputError as exc:
             skipped.append((query.name, str(exc)))
-            if progress:
-                progress(1)
-            continue
-        # A photo staff confirmed is in the collection as a store view: leave it out, or it wins by itself.
-        own_view = not_this_photo(hashlib.sha256(data).hexdigest())
-        everything = searcher.candidates(features, total, (*filters, *own_view))
-        evidence = searcher.evidence(features, everything[:candidates])  # the candidates a search weighs, no more
-        result = QueryResult(
-            query=query.name,
-            expected=expected,
-            category=references.category.get(expected[0]) if expected else None,
-            photo=query.photo,
-        )
-        for setting in settings:
-            options = SearchOptions(
-                top_k=top_k, candidates=candidates, alpha=setting.alpha, threshold=setting.threshold, colour=setting.colour
-            )
-            ranked = _ranking(everything, features, options, searcher)
-            result.top_signals[setting.name] = signals(ranked, evidence)
-            if not expected:
-                continue
-            result.ranks[setting.name] = _rank_of(ranked, everything, options.candidates, set(expected))
-            result.top[setting.name] = ranked[:top_k]
-            result.hidden_signals[setting.name] = signals(ranked, evidence, hidden=expected)
-        result.seconds = time.perf_counter() - t0
-        if expected:
-            results.append(result)
         else:
-            absent.append(result.top_signals)
+            category = references.category.get(expected[0]) if expected else None
+            result = QueryResult(query=query.name, expected=expected, category=category, photo=query.photo)
+            _rank_query(searcher, result, data, features, settings, options)
+            result.seconds = time.perf_counter() - t0
+            if expected:
+                results.append(result)
+            else:
+                absent.append(result.top_signals)
         if progress:
             progress(1)
     if not results:
         raise BadInputError(f"no photo with usable ground truth to evaluate ({len(skipped)} skipped)")
     return Evaluation(ks, settings, results, skipped, missing, time.perf_counter() - started, absent)
+
+
+def _expected(query: Query, references: ReferenceIndex, missing: list[tuple[str, str]]) -> list[str]:
+    """The products the query's references name, in order; references the collection lacks go to `missing`."""
+    expected: list[str] = []
+    for reference in query.references:
+        product = references.product_for(reference)
+        if product is None:
+            missing.append((query.name, reference))
+        elif product not in expected:
+            expected.append(product)
+    return expected
+
+
+def _rank_query(
+    searcher: Searcher,
+    result: QueryResult,
+    data: bytes,
+    features: QueryFeatures,
+    settings: list[Setting],
+    options: list[SearchOptions],
+) -> None:
+    """The photo through `Searcher.rankings` under every setting: its ranks, top-k and signals go to `result`."""
+    # A photo staff confirmed is in the collection as a store view: leave it out, or it wins by itself.
+    own_view = not_this_photo(hashlib.sha256(data).hexdigest())
+    rankings = searcher.rankings(features, options, leave_out=own_view, every_point=True)
+    for setting, ranking in zip(settings, rankings):
+        result.top_signals[setting.name] = ranking.signals()
+        if result.expected:
+            result.ranks[setting.name] = ranking.rank_of(set(result.expected))
+            result.top[setting.name] = ranking.matches[: ranking.options.top_k]
+            result.hidden_signals[setting.name] = ranking.signals(hidden=result.expected)
 
 
 def _features(searcher: Searcher, data: bytes, query: Query) -> QueryFeatures:
@@ -432,25 +438,3 @@ def run_evaluation(
         searcher.catalogue.update_metadata(calibration=calibration.to_metadata())
         calibrated["stored_in"] = searcher.catalogue.name
     return EvalRun(evaluation, shown, best, confidence, calibrated, options)
-
-
-def _ranking(everything: list[Candidate], features: QueryFeatures, options: SearchOptions, searcher: Searcher) -> list[Match]:
-    """Every product among the re-scored candidates, best first, as `search image` ranks them."""
-    return rank(
-        everything[: options.candidates],
-        features.palette,
-        replace(options, top_k=len(everything)),
-        root=searcher.root,
-        views_root=searcher.views_root,
-    )
-
-
-def _rank_of(ranked: list[Match], everything: list[Candidate], candidates: int, expected: set[str]) -> int | None:
-    """Rank of the first expected product: re-scored candidates, then the rest by cosine."""
-    order = [m.product_id for m in ranked]
-    seen = set(order)
-    for candidate in everything[candidates:]:
-        if candidate.product_id not in seen:
-            seen.add(candidate.product_id)
-            order.append(candidate.product_id)
-    return next((i + 1 for i, product in enumerate(order) if product in expected), None)

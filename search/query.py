@@ -1,18 +1,22 @@
 """Name the product(s) in a photo: locate, embed, fetch nearest catalogue images, re-score by colour,
 one row per product, one group per located product.
 
-The steps are separate so evaluation can embed each photo once and re-rank
-its candidates under many (alpha, threshold) settings:
+Every caller ranks through one function, `Searcher.rankings`, so `search image`,
+`search serve`, store views and `search eval` cannot drift apart:
 
-    features = searcher.features(image)           # localise + model + colour, the slow part
-    found = searcher.candidates(features[0], n)   # Qdrant cosine query
-    matches = rank(found, features[0].palette, options)   # re-scoring + grouping, pure numpy
+    features = searcher.features(image)               # localise + model + colour, the slow part
+    ranking, = searcher.rankings(features[0], [options])   # candidates, re-scoring, evidence, confidence
+    ranking.group()                                    # what `search image` shows
+
+Evaluation embeds each photo once and passes several options (its ablation and
+sweep): the candidates are fetched once and re-ranked under each.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,6 +153,44 @@ class SearchResult:
             "groups": [g.to_dict() for g in self.groups],
             "timings_ms": {k: round(v * 1000, 1) for k, v in self.timings.items()},
         }
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One located product ranked under one SearchOptions: what `search image` shows of it and what
+    `search eval` measures of it, from the same candidates."""
+
+    features: QueryFeatures
+    options: SearchOptions
+    matches: list[Match]  # every product among the candidates, best first
+    confidence: float | None
+    beyond: list[Candidate]  # points past the candidates, nearest first: only for `rankings(every_point=True)`
+    found_evidence: Callable[[], Evidence]  # fetched on first use, once for all the options of one call
+
+    @property
+    def evidence(self) -> Evidence:
+        return self.found_evidence()
+
+    def group(self) -> Group:
+        """The located product's group as a search answers it: its top-k, and how sure the first is."""
+        confident = self.confidence is not None and self.confidence >= self.options.min_confidence
+        return Group(self.features.region, self.matches[: self.options.top_k], confidence=self.confidence, confident=confident)
+
+    def signals(self, hidden: Collection[str] = ()) -> dict[str, float] | None:
+        """The confidence's signals (the agreement ones included) for the first product once `hidden`
+        products are left out: "not in the catalogue" is a photo whose products are hidden."""
+        return signals(self.matches, self.evidence, hidden)
+
+    def rank_of(self, products: Collection[str]) -> int | None:
+        """Rank of the first of `products` in what a user would page through: the ranked candidates,
+        then every other product by cosine (as far as `beyond` reaches)."""
+        order = [m.product_id for m in self.matches]
+        seen = set(order)
+        for candidate in self.beyond:
+            if candidate.product_id not in seen:
+                seen.add(candidate.product_id)
+                order.append(candidate.product_id)
+        return next((i + 1 for i, product in enumerate(order) if product in products), None)
 
 
 class Searcher:
@@ -323,6 +365,45 @@ class Searcher:
                     views.append(sorted(best, key=lambda p: (-best[p], p)))
         return Evidence(views=views, encoders=encoders)
 
+    def rankings(
+        self,
+        features: QueryFeatures,
+        settings: Sequence[SearchOptions],
+        *,
+        leave_out: Filters = (),
+        every_point: bool = False,
+        timings: dict[str, float] | None = None,
+    ) -> list[Ranking]:
+        """The one way a located product is ranked: candidates, colour re-scoring, one row per product,
+        evidence, confidence; one Ranking per SearchOptions of `settings`, from one candidate fetch.
+
+        The settings share `candidates` and filters (they differ in colour, alpha, threshold).
+        `leave_out`: filters of points this search must not see (a photo's own store view).
+        `every_point`: fetch every point, so `Ranking.rank_of` reaches past the candidates; the
+        candidates are then the nearest by the mean cosine over every point, where a search fuses each
+        encoder's nearest (the two differ only for a point that no encoder alone has near).
+        `timings` gains the "query" (candidates) and "rank" seconds.
+        """
+        first = settings[0]
+        if any((o.candidates, o.query_filters) != (first.candidates, first.query_filters) for o in settings):
+            raise ValueError("rankings: every setting must share candidates and filters")
+        timings = timings if timings is not None else {}
+        t0 = time.perf_counter()
+        filters = (*first.query_filters, *leave_out)
+        limit = self.catalogue.count() if every_point else first.candidates
+        nearest = self.candidates(features, limit, filters)
+        found, beyond = nearest[: first.candidates], nearest[first.candidates :]
+        t1 = time.perf_counter()
+        evidence = functools.cache(lambda: self.evidence(features, found))
+        rankings = []
+        for options in settings:
+            ranked = rank(found, features.palette, replace(options, top_k=len(found)), root=self.root, views_root=self.views_root)
+            found_signals = signals(ranked, evidence() if self.calibration.uses_agreement else None)
+            rankings.append(Ranking(features, options, ranked, self.calibration.confidence(found_signals), beyond, evidence))
+        timings["query"] = timings.get("query", 0.0) + t1 - t0
+        timings["rank"] = timings.get("rank", 0.0) + time.perf_counter() - t1
+        return rankings
+
     def search_image(
         self, image: Image.Image, options: SearchOptions, *, query: str = "image", locate: str | None = None
     ) -> SearchResult:
@@ -332,22 +413,11 @@ class Searcher:
         Safe to call from several threads at once: nothing here keeps per-search state.
         """
         timings: dict[str, float] = {}
-        groups = []
         t = time.perf_counter()
         all_features = self.features(image, timings, self.localiser_named(locate) if locate else None)
         timings["features"] = time.perf_counter() - t
         timings["query"] = timings["rank"] = 0.0
-        for features in all_features:
-            t0 = time.perf_counter()
-            found = self.candidates(features, options.candidates, options.query_filters)
-            t1 = time.perf_counter()
-            ranked = rank(
-                found, features.palette, replace(options, top_k=max(options.top_k, 2)), root=self.root, views_root=self.views_root
-            )
-            evidence = self.evidence(features, found) if self.calibration.uses_agreement else None
-            groups.append(self.group(features.region, ranked, options, evidence))
-            timings["query"] += t1 - t0
-            timings["rank"] += time.perf_counter() - t1
+        groups = [self.rankings(features, [options], timings=timings)[0].group() for features in all_features]
         timings["total"] = time.perf_counter() - t
         return SearchResult(query=query, groups=_distinct_groups(groups), timings=timings, size=image.size)
 
@@ -374,12 +444,6 @@ class Searcher:
         ranked = rank(found, None, replace(options, colour=False), root=self.root, views_root=self.views_root)
         timings = {"embed": embedded, "query": time.perf_counter() - t - embedded, "total": time.perf_counter() - t}
         return SearchResult(query=text, groups=[Group(None, ranked, confidence=None, confident=False)], timings=timings)
-
-    def group(self, region: Region, ranked: list[Match], options: SearchOptions, evidence: Evidence | None = None) -> Group:
-        """A located product's group; `ranked` holds at least its two best products, for the margin."""
-        confidence = self.calibration.confidence(signals(ranked, evidence))
-        confident = confidence is not None and confidence >= options.min_confidence
-        return Group(region, ranked[: options.top_k], confidence=confidence, confident=confident)
 
     def search_file(self, path: str | Path, options: SearchOptions, *, locate: str | None = None) -> SearchResult:
         return self.search_bytes_or_path(path, options, query=str(path), locate=locate)
@@ -478,4 +542,4 @@ def _distinct_groups(groups: list[Group]) -> list[Group]:
     return kept
 
 
-__all__ = ["Group", "Match", "SearchOptions", "SearchResult", "Searcher", "rank"]
+__all__ = ["Group", "Match", "Ranking", "SearchOptions", "SearchResult", "Searcher", "rank"]

@@ -46,7 +46,7 @@ from indexer.store.schema import (
     view_point_id,
 )
 from search.options import SearchOptions
-from search.query import QUERY_DECODE_SIDE, QueryFeatures, Searcher, rank
+from search.query import QUERY_DECODE_SIDE, QueryFeatures, Searcher
 
 log = logging.getLogger("catalogue.feedback")
 #: Every payload key a store view has: what is put back when a change is undone.
@@ -275,8 +275,8 @@ class StoreViews:
     def _answer(self, features: QueryFeatures, sha256: str) -> list[str]:
         """What a search answers for the photo, its own earlier view (if any) left out."""
         options = replace(SearchOptions(), top_k=ANSWER_LENGTH)
-        found = self.searcher.candidates(features, options.candidates, (*options.query_filters, *not_this_photo(sha256)))
-        return [m.product_id for m in rank(found, features.palette, options)]
+        ranking = self.searcher.rankings(features, [options], leave_out=not_this_photo(sha256))[0]
+        return [m.product_id for m in ranking.group().matches]
 
     def _in_catalogue(self, product_id: str) -> tuple[bool, str | None]:
         """(whether the product has a catalogue image, its category), in one look: a view takes the category."""
