@@ -310,17 +310,34 @@ class Searcher:
     # -- candidates and ranking ------------------------------------------------
 
     def candidates(self, features: QueryFeatures, limit: int, filters: Filters = ()) -> list[Candidate]:
-        """Nearest catalogue images by cosine (the mean over encoders when there are several), best first."""
+        """The `limit` nearest catalogue images by cosine (the mean over encoders when there are several), best first.
+
+        With several encoders, each one's nearest are fetched, deeper until no point missing from every
+        list could still rank among the `limit` best (its cosine under each encoder is at most that
+        encoder's last one fetched): the answer is the nearest over every point, not an approximation.
+        """
         if features.category:
             filters = (*filters, (CATEGORY, features.category))
-        # Each encoder's nearest neighbours; a point missed by some encoder gets that encoder's
-        # cosine from its stored vector, so every candidate is scored by the mean over all encoders.
+        depth = limit
+        while True:
+            found, complete = self._fused_nearest(features, depth, filters)
+            if complete is None or (len(found) >= limit and found[limit - 1].cosine > complete):
+                return found[:limit]
+            depth *= 4
+
+    def _fused_nearest(self, features: QueryFeatures, depth: int, filters: Filters) -> tuple[list[Candidate], float | None]:
+        """Each encoder's `depth` nearest points, every one scored by the mean cosine over all encoders (a point
+        missed by some encoder gets that encoder's cosine from its stored vector), best first; and the best mean
+        a point missed by every encoder could have (None: no such point, every list reached its end)."""
         scores: dict[str, dict[int, float]] = {}
         hits: dict[str, Hit] = {}
+        floors = []
         for i, (spec, vector) in enumerate(zip(self.specs, features.vectors)):
-            for hit in self.catalogue.nearest(vector, spec.vector, limit, filters):
+            nearest = self.catalogue.nearest(vector, spec.vector, depth, filters)
+            for hit in nearest:
                 scores.setdefault(hit.id, {})[i] = hit.score
                 hits.setdefault(hit.id, hit)
+            floors.append(nearest[-1].score if len(nearest) == depth else None)
         incomplete = [pid for pid, by_encoder in scores.items() if len(by_encoder) < len(self.specs)]
         if incomplete:
             stored = self.catalogue.vectors(incomplete, [s.vector for s in self.specs])
@@ -332,7 +349,8 @@ class Searcher:
             for pid, by_encoder in scores.items()
         ]
         found.sort(key=lambda c: (-c.cosine, c.product_id, c.path))  # ties (identical photos) in a fixed order
-        return found[:limit]
+        exhausted = len(self.specs) == 1 or any(floor is None for floor in floors)
+        return found, None if exhausted else float(np.mean(floors))
 
     def evidence(self, features: QueryFeatures, found: list[Candidate]) -> Evidence:
         """Each view's and each encoder's own order of the candidate products (the confidence's agreement
