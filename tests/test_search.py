@@ -133,10 +133,10 @@ def test_bad_filter_syntax_is_a_usage_error(synced, cli, dam, store):
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
 
 
-def test_the_readme_gives_other_services_the_formula_search_runs():
+def test_the_schema_doc_gives_other_services_the_formula_search_runs():
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    [block] = [b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if b.lstrip().startswith('{"formula"')]
+    schema_doc = (Path(__file__).parent.parent / "docs" / "schema.md").read_text()
+    [block] = [b for b in re.findall(r"```json\n(.*?)```", schema_doc, re.S) if b.lstrip().startswith('{"formula"')]
     assert json.loads(block) == formula(np.array([42.0, 12.5, -3.1]), 0.05, 20.0)
