@@ -736,7 +736,7 @@ def serve(
     config = ServeConfig(
         qdrant_path=qdrant_path,
         qdrant_url=qdrant_url,
-        api_key=os.environ.get("QDRANT_API_KEY") or None,
+        qdrant_api_key=os.environ.get("QDRANT_API_KEY") or None,
         collection=collection,
         model=model,
         model_loading=model_loading(device, runtime, dtype),
@@ -751,9 +751,6 @@ def serve(
         watch_interval=watch_interval,
         max_delete=max_delete,
         stop_grace=stop_grace,
-    )
-    code = run(
-        config,
         host=host,
         port=port,
         api_key=os.environ.get("CATALOGUE_API_KEY") or None,
@@ -765,6 +762,7 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
+    code = run(config)
     raise SystemExit(code)
 
 

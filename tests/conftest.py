@@ -244,15 +244,9 @@ def serve(store):
         from search.serve.service import ServeConfig, Service
 
         options = {"qdrant_path": store, "model_loading": {"device": "cpu"}, "locate": "none"} | config
-        service = Service(ServeConfig(**options))
-        app = create_app(
-            service,
-            api_key=api_key,
-            feedback_key=feedback_key,
-            open_feedback=open_feedback,
-            max_upload_mb=max_upload_mb,
-            cors_origins=cors,
-        )
+        http = {"api_key": api_key, "feedback_key": feedback_key, "open_feedback": open_feedback, "cors_origins": cors}
+        service = Service(ServeConfig(**options, **http, max_upload_mb=max_upload_mb))
+        app = create_app(service)
         client = TestClient(app)
         client.__enter__()
         clients.append(client)

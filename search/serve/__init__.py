@@ -2,8 +2,12 @@
 
 - `service.py`: `Service`, what a request asks of the loaded models and store (no HTTP in it).
 - `batching.py`: concurrent searches share model forwards.
-- `app.py`: the FastAPI app: routes, errors, API key, request log.
+- `config.py`: `ServeConfig`, everything it is started with and every serve default.
+- `app.py`: `create_app`, the FastAPI app put together from the routers in `routes/` (one per area),
+  the shared `dependencies.py` (service, keys, body gate), `errors.py` (one line of JSON) and
+  `requestline.py` (request id, one log line per request); `uploads.py` reads a request's photo.
 - `bodies.py`: request bodies admitted before they are read, read under a deadline, bounded.
+- `handoff.py`: a command-line search or feedback asks the server that holds the embedded store.
 - `static/`: the page (plain HTML, CSS and JavaScript: no build step, no CDN).
 
 `run` owns the process: it binds the port before loading anything (a port in use is one line, exit 4),
@@ -13,8 +17,8 @@ gets an answer and the process ends in bounded time; a second signal ends it at 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
-import ipaddress
 import logging
 import os
 import signal
@@ -22,92 +26,25 @@ import socket
 import sys
 
 from indexer.errors import CatalogueError, OptionError, PortInUse
-from search.serve.service import ServeConfig, Service
+from search.serve.config import ServeConfig
 
 #: After the searches' grace, how long uvicorn still waits for responses to be written and uploads to end.
 STOP_MARGIN = 5.0
 
-__all__ = ["ServeConfig", "Service", "run"]
+__all__ = ["ServeConfig", "run"]
 
 
-def run(
-    config: ServeConfig,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    api_key: str | None = None,
-    feedback_key: str | None = None,
-    max_upload_mb: float = 25,
-    upload_budget_mb: float = 128,
-    read_timeout: float = 30,
-    cors_origins: tuple[str, ...] = (),
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-) -> int:
+def run(config: ServeConfig) -> int:
     """Serve until interrupted; the exit code (the loading error's, when the models or store cannot load)."""
-    import threading
-
-    import uvicorn
-
     from search.serve.app import create_app
+    from search.serve.service import Service
 
-    listener = _listen(host, port)
+    listener = _listen(config.host, config.port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    if api_key and not tls_cert and not _loopback(host):
-        logging.getLogger("catalogue.serve").warning(
-            "serving %s with an API key but without TLS: the key crosses the network in clear "
-            "(store Wi-Fi is not a private network); add --tls-cert and --tls-key",
-            host,
-        )
-    local = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else (f"[{host}]" if ":" in host else host))
-    config.url = f"{'https' if tls_cert else 'http'}://{local}:{port}"
-    config.cert = tls_cert
-    service = Service(config)
-    app = create_app(
-        service,
-        api_key=api_key,
-        feedback_key=feedback_key,
-        open_feedback=_loopback(host),
-        max_upload_mb=max_upload_mb,
-        upload_budget_mb=upload_budget_mb,
-        read_timeout=read_timeout,
-        cors_origins=cors_origins,
-    )
-
-    class Server(uvicorn.Server):
-        """uvicorn's server that stops the service's work before waiting for connections, and stops at once
-        on a second signal (uvicorn's own forces only a second Ctrl-C, and still waits for threads)."""
-
-        def handle_exit(self, sig, frame) -> None:
-            if self.should_exit:
-                _stop_at_once(sig)
-            super().handle_exit(sig, frame)
-
-        async def shutdown(self, sockets=None) -> None:
-            service.stop(config.stop_grace)
-            await super().shutdown(sockets)
-
-    server = Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            ssl_certfile=tls_cert,
-            ssl_keyfile=tls_key,
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=config.stop_grace + STOP_MARGIN,
-        )
-    )
-
-    def stop_if_loading_fails() -> None:
-        service.ready.wait(0)
-        while not service.ready.is_set() and service.failure is None and not server.should_exit:
-            service.ready.wait(0.2)
-        if service.failure is not None:
-            server.should_exit = True
-
-    threading.Thread(target=stop_if_loading_fails, daemon=True).start()
+    _warn_if_key_in_clear(config)
+    service = Service(dataclasses.replace(config, url=_local_url(config)))
+    server = _server(create_app(service), service)
+    _stop_if_loading_fails(service, server)
     # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for whoever handled it
     # before: a stop asked for (docker stop, Ctrl-C) is a clean exit here, not a death by signal.
     for stop in (signal.SIGINT, signal.SIGTERM):
@@ -124,6 +61,67 @@ def run(
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _warn_if_key_in_clear(config: ServeConfig) -> None:
+    if config.api_key and not config.tls_cert and not config.loopback:
+        logging.getLogger("catalogue.serve").warning(
+            "serving %s with an API key but without TLS: the key crosses the network in clear "
+            "(store Wi-Fi is not a private network); add --tls-cert and --tls-key",
+            config.host,
+        )
+
+
+def _local_url(config: ServeConfig) -> str:
+    """Where a command on this machine reaches the server (announced in an embedded store: handoff.py)."""
+    host = config.host
+    local = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else (f"[{host}]" if ":" in host else host))
+    return f"{'https' if config.tls_cert else 'http'}://{local}:{config.port}"
+
+
+def _server(app, service):
+    """uvicorn's server for `app`, which stops the service's work before waiting for connections, and stops at
+    once on a second signal (uvicorn's own forces only a second Ctrl-C, and still waits for threads)."""
+    import uvicorn
+
+    config = service.config
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if self.should_exit:
+                _stop_at_once(sig)
+            super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets=None) -> None:
+            service.stop(config.stop_grace)
+            await super().shutdown(sockets)
+
+    return Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            ssl_certfile=config.tls_cert,
+            ssl_keyfile=config.tls_key,
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=config.stop_grace + STOP_MARGIN,
+        )
+    )
+
+
+def _stop_if_loading_fails(service, server) -> None:
+    """Watch the loading in the background: when it fails, the server stops (and `run` reports why)."""
+    import threading
+
+    def watch() -> None:
+        service.ready.wait(0)
+        while not service.ready.is_set() and service.failure is None and not server.should_exit:
+            service.ready.wait(0.2)
+        if service.failure is not None:
+            server.should_exit = True
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -158,12 +156,3 @@ def _stop_at_once(sig: int) -> None:
     the store's lock goes with the process)."""
     os.write(2, f"Stopped at once (a second {signal.Signals(sig).name}): work still running was dropped\n".encode())
     os._exit(128 + sig)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -15,6 +15,7 @@ the models nor the engine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import ssl
@@ -62,17 +63,16 @@ def server_for(exc: StoreInUse) -> dict | None:
 
 
 def query_of(options, locate: str | None) -> dict:
-    """Search options as /v1/search's query parameters."""
-    query = {
-        "top_k": options.top_k,
-        "candidates": options.candidates,
-        "alpha": options.alpha,
-        "threshold": options.threshold,
-        "colour": "true" if options.colour else "false",
-        "min_confidence": options.min_confidence,
-        "filter": [f"{key[1:]}!={value}" if key.startswith("!") else f"{key}={value}" for key, value in options.filters],
-        "store_views": "true" if options.store_views else "false",
-    }
+    """Search options (a `SearchOptions`) as /v1/search's query parameters: each field under its own
+    name, as `make_options` takes it (the filters as repeated `filter=KEY=VALUE`), so the server builds
+    the same options."""
+    query = {}
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if field.name == "filters":
+            query["filter"] = [f"{key[1:]}!={wanted}" if key.startswith("!") else f"{key}={wanted}" for key, wanted in value]
+        else:
+            query[field.name] = ("true" if value else "false") if isinstance(value, bool) else value
     if locate:
         query["locate"] = locate
     return query

@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import CatalogueError
@@ -40,38 +39,13 @@ from indexer.store.schema import (
     STORE_SOURCE,
     STORE_VIEWS,
 )
-from indexer.sync import DEFAULT_MAX_DELETE, DeleteLimit
 from search.options import SearchOptions
+from search.serve.config import ServeConfig
 
 log = logging.getLogger("catalogue.serve")
 #: How long closing waits for threads still at work (a model forward, a watch sync's batch) after every
 #: client was answered; then the process ends without them.
 STOP_WAIT = 5.0
-
-
-@dataclass
-class ServeConfig:
-    """Everything `search serve` was started with."""
-
-    qdrant_path: str | None = None
-    qdrant_url: str | None = None
-    api_key: str | None = None  # the Qdrant server's, not this service's
-    collection: str = "catalogue"
-    model: str | None = None
-    model_loading: dict = field(default_factory=dict)  # device, runtime, cache_dir
-    locate: str = "centre"
-    detector_options: dict = field(default_factory=dict)
-    workers: int = 4
-    queue: int = 16
-    max_batch: int = 32
-    batch_wait: float = 0.002
-    model_threads: int | None = 1  # threads of one forward; concurrent searches use the other cores
-    watch: Path | None = None
-    watch_interval: float = 2.0
-    max_delete: DeleteLimit = DEFAULT_MAX_DELETE  # a watch pass that would delete more is refused (a wrong mount)
-    stop_grace: float = 5.0  # on a stop, how long running searches get to finish
-    url: str | None = None  # where this server answers, announced in an embedded store (search/serve/handoff.py)
-    cert: str | None = None
 
 
 class Busy(Exception):
@@ -131,7 +105,7 @@ class Service:
             from search.serve import handoff
 
             roots = {CATALOGUE_SOURCE: self.searcher.root, STORE_SOURCE: self.searcher.views_root}
-            handoff.announce(self.store.root, self.config.url, self.config.cert, roots)
+            handoff.announce(self.store.root, self.config.url, self.config.tls_cert, roots)
         self.ready.set()
         log.info("ready: collection %r in the %s, %d images", self.config.collection, self.store.describe(), self.searcher.images)
         threading.Thread(target=self._count_products, name="count-products", daemon=True).start()
@@ -148,7 +122,7 @@ class Service:
         self.store = open_store(
             path=None if config.qdrant_url else config.qdrant_path,
             url=config.qdrant_url,
-            api_key=config.api_key,
+            api_key=config.qdrant_api_key,
             command="search serve",
             create=config.watch is not None,
         )

@@ -1,0 +1,71 @@
+"""`ServeConfig`: everything `search serve` is started with, and every serve default, once.
+
+The command line builds one, `run(config)` serves it and `create_app` reads it
+from its `Service`. A light module (no models, no engine): the CLI may take
+its option defaults from these fields before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from indexer.sync import DeleteLimit
+
+
+def _default_max_delete() -> DeleteLimit:
+    from indexer.sync import DEFAULT_MAX_DELETE  # imported here: indexer.sync loads numpy and the image stack
+
+    return DEFAULT_MAX_DELETE
+
+
+@dataclass
+class ServeConfig:
+    """Everything `search serve` was started with."""
+
+    # The store and the models.
+    qdrant_path: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None  # the Qdrant server's key, not this service's
+    collection: str = "catalogue"
+    model: str | None = None
+    model_loading: dict = field(default_factory=dict)  # device, runtime, cache_dir
+    locate: str = "centre"
+    detector_options: dict = field(default_factory=dict)
+    # Searches: a bounded pool, their forwards batched together.
+    workers: int = 4
+    queue: int = 16
+    max_batch: int = 32
+    batch_wait: float = 0.002  # seconds
+    model_threads: int | None = 1  # threads of one forward; concurrent searches use the other cores
+    # Keeping the collection in sync with a DAM folder.
+    watch: Path | None = None
+    watch_interval: float = 2.0
+    max_delete: DeleteLimit = field(default_factory=_default_max_delete)  # a watch pass deleting more is refused
+    stop_grace: float = 5.0  # on a stop, how long running searches get to finish
+    # HTTP: where it listens, who may call it, and the bodies it reads.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # every /v1/ route asks for it (CATALOGUE_API_KEY)
+    feedback_key: str | None = None  # /v1/feedback asks for it instead (CATALOGUE_FEEDBACK_KEY)
+    open_feedback: bool | None = None  # feedback without any key; None: only when `host` is loopback
+    cors_origins: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_upload_mb: float = 25.0
+    upload_budget_mb: float = 128.0  # what all uploads in flight may hold together
+    read_timeout: float = 30.0  # seconds a client has to send a whole body
+    url: str | None = None  # where this server answers, announced in an embedded store (handoff.py); set by `run`
+
+    @property
+    def loopback(self) -> bool:
+        """Whether it listens on loopback only: no other machine can call it."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

@@ -1,0 +1,96 @@
+"""`RequestLine`: every request's id, and one log line per request, whatever becomes of it.
+
+The line says: request id, method, path, status, milliseconds, the search's
+stage timings, and a note (a client gone, a request cancelled); never a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+
+from search.serve import bodies
+from search.serve.errors import error_response
+
+log = logging.getLogger("catalogue.serve")
+
+
+class RequestLine:
+    """A plain ASGI middleware (not `@app.middleware`), so that it sees a request
+    cancelled while the server stops, and a failure of ours, and can still answer
+    each with one line of JSON and log one line (a traceback only for a failure
+    of ours). A response sent before its request's body was read closes the
+    connection: the rest of the body is never read."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:12]
+        request.state.request_id = request_id
+        request.state.timings = None
+        request.state.note = None
+        started = time.perf_counter()
+        unread = bodies.content_length(request) != 0 and (
+            "content-length" in request.headers or "transfer-encoding" in request.headers
+        )
+        status = None
+
+        async def receive_body():
+            nonlocal unread
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                unread = False
+            return message
+
+        async def send_headed(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                timings = request.state.timings or {}
+                if timings:
+                    headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
+                if unread:
+                    headers["Connection"] = "close"
+            await send(message)
+
+        async def answer(code: int, message: str, headers: dict | None = None) -> None:
+            if status is None:
+                with contextlib.suppress(Exception):  # the connection may be gone too
+                    await error_response(request, code, message, headers)(scope, receive_body, send_headed)
+
+        try:
+            await self.app(scope, receive_body, send_headed)
+        except asyncio.CancelledError:  # the server stops: uvicorn cancels what its grace period did not finish
+            request.state.note = "cancelled: the server is stopping"
+            await answer(503, "the server is stopping; retry in a moment", {"Retry-After": "2"})
+        except Exception:
+            log.exception("%s internal error", request_id)
+            await answer(500, "internal error; the server log has the details under this request id")
+        _log_line(request, status, started)
+
+
+def _log_line(request: Request, status: int | None, started: float) -> None:
+    timings = request.state.timings or {}
+    log.info(
+        "%s %s %s %s %.0fms%s%s",
+        request.state.request_id,
+        request.method,
+        request.url.path,
+        status or "-",
+        (time.perf_counter() - started) * 1000,
+        "".join(f" {k}={v}" for k, v in timings.items()),
+        f" {request.state.note}" if request.state.note else "",
+    )
