@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer import settings
 from indexer.errors import BadInputError, StoreUnavailable, first_line
 from indexer.store.catalogue import Catalogue
 from indexer.store.lock import StoreLock
@@ -55,8 +56,6 @@ HNSW_EF_CONSTRUCT = 100
 HNSW_EF = 128
 #: int8 first pass, then the best `OVERSAMPLING` x limit rescored with the original vectors.
 OVERSAMPLING = 2.0
-#: Free disk space never used by writes (see EdgeStore.ensure_space).
-DISK_RESERVE_MB = 64
 #: What a write takes on disk compared with its raw size: the log, the segment, the payload index.
 WRITE_AMPLIFICATION = 4
 
@@ -191,9 +190,8 @@ class EdgeStore:
 
 
 def disk_reserve() -> int:
-    """Free bytes kept untouched on the store's disk: $CATALOGUE_DISK_RESERVE_MB, default 64 MB (two log segments)."""
-    value = os.environ.get("CATALOGUE_DISK_RESERVE_MB", "")
-    return (int(value) if value.isdigit() else DISK_RESERVE_MB) * 2**20
+    """Free bytes kept untouched on the store's disk, room for the engine's log to grow ($CATALOGUE_DISK_RESERVE_MB)."""
+    return settings.get("disk_reserve_mb") * 2**20
 
 
 @contextlib.contextmanager
