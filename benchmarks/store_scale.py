@@ -198,6 +198,9 @@ def query(engine: str, folder: Path, size: int, count: int, truth_file: Path) ->
     lab = np.array([50.0, 10.0, -5.0])
     t = time.perf_counter()
     if engine == "edge":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from edge_formula import formula_query  # the README's one query through the engine (the product ranks in numpy)
+
         from indexer.store import open_store
 
         store = open_store(path=folder)
@@ -206,7 +209,7 @@ def query(engine: str, folder: Path, size: int, count: int, truth_file: Path) ->
         opened = time.perf_counter() - t
 
         def production(q):
-            return catalogue.formula_query(q, "bench", CANDIDATES, formula(lab, 0.05, 20.0), CANDIDATES)
+            return formula_query(catalogue, q, "bench", CANDIDATES, formula(lab, 0.05, 20.0), CANDIDATES)
 
         def top10(q):
             return [h.id for h in catalogue.nearest(q, "bench", 10, fields=())]
