@@ -147,7 +147,7 @@ def load_rgb(source: str | Path | bytes, *, name: str | None = None, draft: int 
             rgb = reduced_rgb(image, factor)
             orientation = None
             if not (image.format == "JPEG" and "exif" not in image.info and "xmp" not in image.info):
-                # Parsing the metadata costs a third of decoding a catalogue JPEG; PNG may keep it after the pixels.
+                # Parsing the metadata is a large share of decoding a small JPEG; PNG may keep it after the pixels.
                 orientation = image.getexif().get(ExifTags.Base.Orientation)
             if rgb is not image:
                 image.close()  # the full-size picture goes before its bytes go back to the budget

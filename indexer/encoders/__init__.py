@@ -13,7 +13,7 @@ Backbones:
 
 Runtimes (`load_encoder(..., runtime=)`): torch runs every backbone on any
 device; an ONNX export of it runs on onnxruntime's CPU provider without
-importing torch or transformers (over 2 s of a process's start-up), see
+importing torch or transformers (most of a process's start-up), see
 `exported.py`. With `runtime="auto"` and a `cache_dir`:
 
 - ONNX when the model will run on the CPU: `device="cpu"`, or `device="auto"`
@@ -23,7 +23,7 @@ importing torch or transformers (over 2 s of a process's start-up), see
   machine, not torch's own answer: a machine with NVIDIA devices but no CUDA
   build of torch gets torch on the CPU.
 - the export is made on first use: the torch model is loaded, exported into
-  `cache_dir` (a few seconds, once) and the ONNX encoder returned; if the
+  `cache_dir` (once) and the ONNX encoder returned; if the
   export fails, one warning on stderr and the torch encoder is returned.
 - torch otherwise (an accelerator, no `cache_dir`).
 
