@@ -17,8 +17,8 @@ each it prints:
   upsert      points/s through `Catalogue.upsert`
   index       seconds of `Catalogue.build_index` (HNSW, quantization)
   open        seconds from nothing to the first answered query's store being open
-  query p50/95  the production query: the 100 nearest by cosine, then the colour formula
-              (prefetch + formula, what `search image` and the README's one query do)
+  query p50/95  the 100 nearest by cosine, then the colour formula (prefetch + formula: the
+              README's one query; `search image` re-scores the same 100 in numpy)
   recall@10   of the cosine top 10 against exact search (numpy, same vectors)
   RSS         peak resident memory of the build and of the query process
 The baseline is the previous embedded backend (qdrant-client local mode) on the
