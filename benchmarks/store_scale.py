@@ -17,8 +17,8 @@ each it prints:
   upsert      points/s through `Catalogue.upsert`
   index       seconds of `Catalogue.build_index` (HNSW, quantization)
   open        seconds from nothing to the first answered query's store being open
-  query p50/95  the production query: the 100 nearest by cosine, then the colour formula
-              (prefetch + formula, what `search image` and the README's one query do)
+  query p50/95  the 100 nearest by cosine, then the colour formula (prefetch + formula: the
+              README's one query; `search image` re-scores the same 100 in numpy)
   recall@10   of the cosine top 10 against exact search (numpy, same vectors)
   RSS         peak resident memory of the build and of the query process
 The baseline is the previous embedded backend (qdrant-client local mode) on the
@@ -198,6 +198,9 @@ def query(engine: str, folder: Path, size: int, count: int, truth_file: Path) ->
     lab = np.array([50.0, 10.0, -5.0])
     t = time.perf_counter()
     if engine == "edge":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from edge_formula import formula_query  # the README's one query through the engine (the product ranks in numpy)
+
         from indexer.store import open_store
 
         store = open_store(path=folder)
@@ -206,7 +209,7 @@ def query(engine: str, folder: Path, size: int, count: int, truth_file: Path) ->
         opened = time.perf_counter() - t
 
         def production(q):
-            return catalogue.formula_query(q, "bench", CANDIDATES, formula(lab, 0.05, 20.0), CANDIDATES)
+            return formula_query(catalogue, q, "bench", CANDIDATES, formula(lab, 0.05, 20.0), CANDIDATES)
 
         def top10(q):
             return [h.id for h in catalogue.nearest(q, "bench", 10, fields=())]

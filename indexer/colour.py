@@ -64,8 +64,8 @@ def _lab_dict(lab: np.ndarray) -> dict:
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB (uint8, any shape ending in 3) to CIELAB under D65, the standard pairing.
 
-    float32: within 1e-4 delta E of float64 over a million random sRGB colours, at half the cost (it runs on
-    every pixel of every catalogue image).
+    float32: far below a noticeable difference from float64, and cheaper (it runs on every pixel of
+    every catalogue image).
     """
     xyz = _SRGB_TO_LINEAR_32[np.asarray(rgb, dtype=np.uint8)] @ _LINEAR_TO_WHITE_XYZ_32
     f = np.cbrt(xyz)
@@ -141,8 +141,8 @@ def extract_palette(image: Image.Image, k: int = 3, *, mask: np.ndarray | None =
 def thumbnail(image: Image.Image) -> Image.Image:
     """The RGB picture the colour analysis works on: at most ANALYSIS_SIZE pixels a side, bilinear.
 
-    (A box-averaged thumbnail costs a quarter but moves the dominant colour of 20 % of the sample
-    catalogue by over 2 delta E, against 14 % for this one: `benchmarks/colour_drift.py`.)
+    (A box-averaged thumbnail is cheaper but moves more dominant colours away from the full-size
+    picture's: `benchmarks/colour_drift.py` compares them.)
     """
     small = image.convert("RGB") if image.mode != "RGB" else image.copy()
     small.thumbnail((ANALYSIS_SIZE, ANALYSIS_SIZE), Image.Resampling.BILINEAR)
@@ -190,7 +190,7 @@ def foreground_mask(lab: np.ndarray) -> np.ndarray:
         return np.ones(close.shape, dtype=bool)
     import cv2  # imported on first use: only catalogue shots get this far
 
-    # 4-connected regions, as scipy.ndimage.label's default; OpenCV spares the workers scipy's import (0.3 s).
+    # 4-connected regions, as scipy.ndimage.label's default; OpenCV spares the workers scipy's slow import.
     count, labels = cv2.connectedComponents(close.view(np.uint8), connectivity=4)
     touches_edge = np.zeros(count, dtype=bool)
     touches_edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
@@ -209,7 +209,7 @@ def _weighted_kmeans(
 
     One run equals scipy's `kmeans2(minit="++")` on the expanded points, step for step (tests
     compare the two), but costs what a few hundred colour bins cost, not thousands of pixels.
-    The runs go side by side in one set of array operations: a third of the calls of one by one.
+    The runs go side by side in one set of array operations, not one after another.
     """
     points = np.asarray(points, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64)
@@ -241,7 +241,7 @@ def _kmeans_plus_plus(points: np.ndarray, weights: np.ndarray, k: int, seeds) ->
 
 @functools.cache
 def _uniforms(seed: int, count: int) -> np.ndarray:
-    """The first `count` draws of `RandomState(seed).uniform()`, made once: seeding costs 0.14 ms a call."""
+    """The first `count` draws of `RandomState(seed).uniform()`, made once: seeding is slow next to the draws."""
     values = np.random.RandomState(seed).uniform(size=count)
     values.flags.writeable = False
     return values

@@ -7,7 +7,7 @@ before it allocates anything and gives them back when its picture is down
 to the size the pipeline needs; decodes that do not fit wait. A decode that
 could never fit is refused with one line instead of waiting forever.
 
-The budget is CATALOGUE_DECODE_BUDGET_MB (default DEFAULT_BUDGET_MB) per
+The budget is CATALOGUE_DECODE_BUDGET_MB (`indexer.settings`) per
 process, or per sync when its workers share one (`shared`).
 """
 
@@ -15,25 +15,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import threading
 from contextlib import contextmanager
 
-from indexer.errors import BadInputError, OptionError
+from indexer import settings
+from indexer.errors import BadInputError
 
-BUDGET_ENV = "CATALOGUE_DECODE_BUDGET_MB"
-DEFAULT_BUDGET_MB = 512
 #: Decodes at least this large hand their freed pages back to the OS once done (glibc keeps them otherwise).
 TRIM_FROM_BYTES = 64 * 2**20
 
 
 def budget_bytes() -> int:
-    value = os.environ.get(BUDGET_ENV, "")
-    if not value:
-        return DEFAULT_BUDGET_MB * 2**20
-    if not value.isdigit() or int(value) == 0:
-        raise OptionError(f"{BUDGET_ENV}={value!r}: expected a whole number of MB above 0, e.g. {DEFAULT_BUDGET_MB}")
-    return int(value) * 2**20
+    return settings.get("decode_budget_mb") * 2**20
 
 
 class DecodeBudget:
@@ -65,7 +58,7 @@ class DecodeBudget:
         if needed > self.total:
             raise BadInputError(
                 f"{label}: needs about {_mb(needed)} MB to decode, more than the {_mb(self.total)} MB decode budget; "
-                f"raise {BUDGET_ENV} to accept it"
+                f"raise {settings.setting_env('decode_budget_mb')} to accept it"
             )
         with self._condition:
             self._condition.wait_for(lambda: self._used.value + needed <= self.total)

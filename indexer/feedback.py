@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from indexer import settings
 from indexer.errors import OptionError, StoreUnavailable, first_line
 
 log = logging.getLogger("catalogue.feedback")
-FEEDBACK_ENV = "CATALOGUE_FEEDBACK_PATH"
 PHOTOS = "photos"
 DATABASE = "feedback.sqlite"
 ORIGINS = ("cli", "api", "page")
@@ -121,9 +121,9 @@ class FeedbackLog:
     @classmethod
     def of(cls, store, collection: str) -> FeedbackLog:
         """The feedback store of `collection` in `store` (an open embedded store or server connection)."""
-        explicit = os.environ.get(FEEDBACK_ENV)
-        if explicit:
-            return cls(Path(explicit).expanduser() / collection)
+        explicit = settings.get("feedback_path")
+        if explicit is not None:
+            return cls(explicit / collection)
         root = getattr(store, "root", None)
         if root is not None:  # embedded: inside the store, so it moves and is backed up with it
             return cls(Path(root) / "feedback" / collection)

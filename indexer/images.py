@@ -26,18 +26,12 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from indexer import settings
 from indexer.decode_budget import process_budget
 from indexer.errors import BadInputError, first_line
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 
-#: Images above this many pixels are refused before decoding (a 20k x 20k PNG
-#: of a few KB decodes to 1.6 GB). Override with CATALOGUE_MAX_PIXELS.
-DEFAULT_MAX_PIXELS = 100_000_000
-
-
-#: Files above this many MB are refused without being read. Override with CATALOGUE_MAX_FILE_MB.
-DEFAULT_MAX_FILE_MB = 256
 #: The short side must be at least this many pixels, the long side at most MAX_ASPECT times the short.
 MIN_SIDE = 16
 MAX_ASPECT = 12.0
@@ -62,13 +56,14 @@ _TRANSPOSE = {
 
 
 def max_pixels() -> int:
-    value = os.environ.get("CATALOGUE_MAX_PIXELS", "")
-    return int(value) if value.isdigit() else DEFAULT_MAX_PIXELS
+    """Images above this many pixels are refused before decoding: a PNG of a few KB can hold a
+    picture of gigabytes (CATALOGUE_MAX_PIXELS)."""
+    return settings.get("max_pixels")
 
 
 def max_file_bytes() -> int:
-    value = os.environ.get("CATALOGUE_MAX_FILE_MB", "")
-    return (int(value) if value.isdigit() else DEFAULT_MAX_FILE_MB) * 2**20
+    """Files above this size are refused without being read (CATALOGUE_MAX_FILE_MB)."""
+    return settings.get("max_file_mb") * 2**20
 
 
 def read_file(path: str | Path, *, label: str | None = None) -> bytes:
@@ -152,7 +147,7 @@ def load_rgb(source: str | Path | bytes, *, name: str | None = None, draft: int 
             rgb = reduced_rgb(image, factor)
             orientation = None
             if not (image.format == "JPEG" and "exif" not in image.info and "xmp" not in image.info):
-                # Parsing the metadata costs a third of decoding a catalogue JPEG; PNG may keep it after the pixels.
+                # Parsing the metadata is a large share of decoding a small JPEG; PNG may keep it after the pixels.
                 orientation = image.getexif().get(ExifTags.Base.Orientation)
             if rgb is not image:
                 image.close()  # the full-size picture goes before its bytes go back to the budget

@@ -2,11 +2,11 @@
 
 This is a sync's CPU work outside the model, and it runs in worker processes.
 The palette and Pillow's steps are many short C and numpy calls with the GIL
-taken between them: two threads preparing at once take 30-40 % more CPU per
-image than one alone, and a 16-core GPU machine could not feed its GPU from
-one interpreter. Processes share nothing, so every core prepares at full
-speed. A job too small to repay starting them (about 0.3 s each) is prepared
-in threads, with the same function and the same results.
+taken between them: threads preparing at once each take more CPU per image
+than one alone, and a many-core GPU machine could not feed its GPU from one
+interpreter. Processes share nothing, so every core prepares at full speed.
+A job too small to repay starting them is prepared in threads, with the same
+function and the same results.
 
 Workers get each encoder's `input_step` (a small picklable recipe), never
 the encoder: a worker imports neither torch nor onnxruntime.

@@ -14,6 +14,7 @@ Secrets (keys) are never shown: `effective()` says only whether one is set.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class Setting:
     default: Any  # a value, or a function of nothing (a default that depends on other settings)
     help: str
     secret: bool = False
+    blank_is_value: bool = False  # an empty variable means something (CUDA_VISIBLE_DEVICES="": no GPU)
 
     def default_value(self) -> Any:
         return self.default() if callable(self.default) else self.default
@@ -46,23 +48,25 @@ def path(value: str) -> Path:
     return Path(value).expanduser()
 
 
-def whole(minimum: int = 0, example: int = 1) -> Callable[[str], int]:
+def whole(minimum: int = 0, example: int = 1, maximum: int | None = None) -> Callable[[str], int]:
     def parse(value: str) -> int:
-        if not value.isdigit() or int(value) < minimum:
-            raise ValueError(f"expected a whole number of at least {minimum}, e.g. {example}")
+        if not value.isdigit() or int(value) < minimum or (maximum is not None and int(value) > maximum):
+            span = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+            raise ValueError(f"expected a whole number {span}, e.g. {example}")
         return int(value)
 
     return parse
 
 
-def number(minimum: float = 0.0, example: float = 1.0) -> Callable[[str], float]:
+def number(minimum: float = 0.0, example: float = 1.0, maximum: float = float("inf")) -> Callable[[str], float]:
     def parse(value: str) -> float:
         try:
             parsed = float(value)
         except ValueError:
             parsed = float("nan")
-        if not parsed >= minimum or parsed == float("inf"):  # also refuses NaN
-            raise ValueError(f"expected a number of at least {minimum:g}, e.g. {example:g}")
+        if not minimum <= parsed <= maximum or parsed == float("inf"):  # also refuses NaN
+            span = f"from {minimum:g} to {maximum:g}" if maximum != float("inf") else f"of at least {minimum:g}"
+            raise ValueError(f"expected a number {span}, e.g. {example:g}")
         return parsed
 
     return parse
@@ -75,6 +79,12 @@ def choice(*values: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+    return value
 
 
 def _data_home() -> Path:
@@ -113,11 +123,17 @@ SETTINGS: dict[str, Setting] = {
         Setting("cache_home", "XDG_CACHE_HOME", path, None, "the user's cache folder"),
         # Models
         Setting("model", "CATALOGUE_MODEL", text, None, "the model of a new collection (default: FashionCLIP)"),
-        Setting("device", "CATALOGUE_DEVICE", text, "auto", "where models run: auto, cpu, cuda, cuda:N, mps"),
+        Setting("device", "CATALOGUE_DEVICE", device, "auto", "where models run: auto, cpu, cuda, cuda:N, mps"),
         Setting("runtime", "CATALOGUE_RUNTIME", choice("auto", "torch", "onnx"), "auto", "how models run"),
         Setting("dtype", "CATALOGUE_DTYPE", choice("auto", "fp32", "fp16", "bf16"), "auto", "torch's precision"),
-        Setting("cuda_visible_devices", "CUDA_VISIBLE_DEVICES", text, None, "the GPUs torch may see"),
-        Setting("locate", "CATALOGUE_LOCATE", text, "centre", "how a photo's product is found"),
+        Setting("cuda_visible_devices", "CUDA_VISIBLE_DEVICES", text, None, "the GPUs torch may see", blank_is_value=True),
+        Setting(
+            "locate",
+            "CATALOGUE_LOCATE",
+            choice("centre", "none", "proposals", "owlv2"),
+            "centre",
+            "how a photo's product is found",
+        ),
         # Sync
         Setting("hnsw_threshold", "CATALOGUE_HNSW_THRESHOLD", whole(1, 20000), None, "a new collection's HNSW threshold"),
         Setting("shard", "CATALOGUE_SHARD", text, None, "this worker's shard, I/N"),
@@ -136,10 +152,24 @@ SETTINGS: dict[str, Setting] = {
         Setting("max_store_views", "CATALOGUE_MAX_STORE_VIEWS", whole(0, 10), 10, "store views kept per product"),
         # search serve
         Setting("host", "CATALOGUE_HOST", text, "127.0.0.1", "the address search serve listens on"),
-        Setting("port", "CATALOGUE_PORT", whole(1, 8000), 8000, "its port"),
-        Setting("workers", "CATALOGUE_WORKERS", whole(1, 4), 4, "searches at once"),
-        Setting("queue", "CATALOGUE_QUEUE", whole(0, 16), 16, "searches waiting beyond them"),
-        Setting("max_upload_mb", "CATALOGUE_MAX_UPLOAD_MB", number(0.001, 25), 25.0, "the largest upload (MB)"),
+        Setting("port", "CATALOGUE_PORT", whole(1, 8000, 65535), 8000, "its port"),
+        Setting("workers", "CATALOGUE_WORKERS", whole(1, 4, 64), 4, "searches at once"),
+        Setting("queue", "CATALOGUE_QUEUE", whole(0, 16, 10_000), 16, "searches waiting beyond them"),
+        Setting("max_upload_mb", "CATALOGUE_MAX_UPLOAD_MB", number(0.01, 25, 1024), 25.0, "the largest upload (MB)"),
+        Setting(
+            "upload_budget_mb",
+            "CATALOGUE_UPLOAD_BUDGET_MB",
+            number(0.01, 128, 65536),
+            128.0,
+            "bytes all uploads in flight may hold together (MB)",
+        ),
+        Setting(
+            "read_timeout_s",
+            "CATALOGUE_READ_TIMEOUT_S",
+            number(0.1, 30, 3600),
+            30.0,
+            "seconds a client has to send a whole request body",
+        ),
         Setting("api_key", "CATALOGUE_API_KEY", text, None, "the key every /v1/ route asks for", secret=True),
         Setting("feedback_key", "CATALOGUE_FEEDBACK_KEY", text, None, "the key /v1/feedback asks for", secret=True),
     )
@@ -147,10 +177,10 @@ SETTINGS: dict[str, Setting] = {
 
 
 def get(name: str) -> Any:
-    """The setting's value: its variable parsed, or its default when the variable is unset or empty."""
+    """The setting's value: its variable parsed, or its default when the variable is unset (or empty)."""
     setting = SETTINGS[name]
-    raw = os.environ.get(setting.env, "").strip()
-    if not raw:
+    raw = _raw(setting)
+    if raw is None:
         return setting.default_value()
     try:
         return setting.parse(raw)
@@ -159,9 +189,24 @@ def get(name: str) -> Any:
         raise OptionError(f"{setting.env}={shown}: {exc}") from None
 
 
+def check() -> None:
+    """Parse every setting: the first bad variable is an OptionError, before any work starts."""
+    for name in SETTINGS:
+        get(name)
+
+
 def source(name: str) -> str:
     """Where a setting's value comes from: its variable, or the default."""
-    return setting_env(name) if os.environ.get(setting_env(name), "").strip() else "default"
+    return "default" if _raw(SETTINGS[name]) is None else setting_env(name)
+
+
+def _raw(setting: Setting) -> str | None:
+    """The variable's text, or None where the default applies (unset; empty, unless empty means something)."""
+    raw = os.environ.get(setting.env)
+    if raw is None:
+        return None
+    raw = raw.strip()
+    return raw if raw or setting.blank_is_value else None
 
 
 def setting_env(name: str) -> str:

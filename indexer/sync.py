@@ -271,7 +271,7 @@ def sync(
     t = time.perf_counter()
     if on_index and (report.encoded or report.deleted):
         on_index(report.encoded)
-    # Also when nothing changed: an index a full disk kept from being built gets built now (0.1 s when there is nothing to do).
+    # Also when nothing changed: an index a full disk kept from being built gets built now (cheap when there is nothing to do).
     catalogue.build_index()
     report.stages["index"] = time.perf_counter() - t
     report.seconds = time.perf_counter() - started

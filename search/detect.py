@@ -4,8 +4,8 @@ Prompts name what to look for ("a handbag"); a prompt may carry the catalogue
 category its products belong to ("a handbag=W Bags"), and the region is then
 searched within that category only. Weights come from the Hugging Face hub
 (default google/owlv2-base-patch16-ensemble) or a local folder, loaded with
-`from_pretrained` like the CLIP encoders. OWLv2 base reads a 960x960 image:
-10 s per photo on a 2-core CPU (README "Measured"); it is meant for a GPU.
+`from_pretrained` like the CLIP encoders. OWLv2 base reads a 960x960 image,
+slow on a CPU (benchmarks/RESULTS.md); it is meant for a GPU.
 """
 
 from __future__ import annotations

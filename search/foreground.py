@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-#: GrabCut runs on a thumbnail: masks need no detail and this keeps it near 50 ms.
+#: GrabCut runs on a thumbnail: masks need no detail, and its time grows with the pixels.
 GRABCUT_SIDE = 160
 GRABCUT_ITERATIONS = 3
 #: Inner share of the region that may hold the product (the rest seeds the background model).

@@ -3,8 +3,8 @@
 A region is a box plus the views of it that get embedded; the query vector
 of a region is the mean of its views' vectors, so its cosine with a catalogue
 image is the mean of the views' cosines. Averaging a few views beats betting
-on one crop: measured on real store photos, the mean of a few centre views
-beats the whole photo, any single crop, and the crop that matches the
+on one crop: on real store photos the mean of a few centre views ranked
+better than the whole photo, any single crop, and the crop that matches the
 catalogue best (background crops match random products).
 
 - `none`: the whole photo, as plain `search image` did before localisation.

@@ -5,18 +5,18 @@
 
 where d is the CIE76 distance (Euclidean, CIELAB) between the dominant colours
 of the query and of the candidate. Dominant colour against dominant colour
-keeps the rule expressible as one Qdrant formula (`qdrant_formula`); the full
-palettes are stored too, so a palette distance can replace it later.
+keeps the rule expressible as one Qdrant formula (`formula`, the query the
+README gives other services); the full palettes are stored too, so a palette
+distance can replace it later.
 
-Defaults, measured with `search eval --sweep` on the default pipeline
-(located product, offline ensemble): alpha = 0.05, threshold = 20 ranked
-best on both the 16 real development photos and 300 synthetic store photos
-(see README "Measured"). In CIELAB 10 is a clearly visible difference and 50
-another colour family, so within 20 the colours read as "the same colour
-under other light", and the bonus fades linearly to nothing at 20. A full
-bonus of 0.05 reorders close candidates (neighbouring cosines in a top 10
-differ by a few hundredths) without lifting an unrelated product over a
-clear match; 0.1 and more already lost top-5 hits. Sweep your own photos:
+The defaults are what `search eval --sweep` ranked best on the default
+pipeline (located product, offline ensemble), on the real development photos
+and the synthetic store photos alike (benchmarks/RESULTS.md). In CIELAB 10 is
+a clearly visible difference and 50 another colour family, so within the
+threshold the colours read as "the same colour under other light", and the
+bonus fades linearly to nothing at it. The full bonus is small next to the
+gaps between a clear match and unrelated products, but large enough to
+reorder close candidates; larger bonuses lost hits. Sweep your own photos:
 store light differs.
 """
 
@@ -41,8 +41,9 @@ def colour_bonus(distance: np.ndarray | float, alpha: float, threshold: float) -
 def formula(query_lab: np.ndarray, alpha: float, threshold: float) -> dict:
     """The same rule as a Qdrant formula over prefetched candidates (Qdrant >= 1.14), in Qdrant's REST form.
 
-    This is the form the README gives other services; the store gateway
-    turns it into each engine's query objects. lin_decay(x) = max(0, 1 -
+    This is the form the README gives other services (search itself re-scores
+    in numpy, `colour_bonus`; tests/edge_formula.py runs this form through the
+    embedded engine to prove both rank alike). lin_decay(x) = max(0, 1 -
     (1 - midpoint) * |x - target| / scale), so midpoint 0.5 with scale
     threshold/2 is exactly 1 - d/threshold, cut at zero. (midpoint 0 with
     scale threshold is the same function, but servers before mid-2025 reject

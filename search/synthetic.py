@@ -16,7 +16,7 @@ import numpy as np
 from indexer.errors import BadInputError
 from indexer.images import load_rgb
 from indexer.scan import scan
-from indexer.storelike import ViewParams, store_view
+from search.storelike import ViewParams, store_view
 
 #: Harder than the defaults of ViewParams: smaller products, more tilt and more clutter.
 SYNTHETIC_VIEWS = ViewParams(scale=(0.35, 0.75), rotation=12.0, perspective=0.12, clutter_items=(2, 7))

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
-from indexer.errors import BadInputError, CatalogueError, OptionError, StoreUnavailable, first_line
+from indexer import settings
+from indexer.errors import BadInputError, CatalogueError, StoreUnavailable, first_line
 from indexer.feedback import PHOTOS, Feedback, FeedbackLog
 from indexer.images import load_rgb
 from indexer.store import Catalogue, Point
@@ -54,8 +54,6 @@ VIEW_FIELDS = (PRODUCT_ID, PATH, CATEGORY, SOURCE, COLOUR, FEEDBACK)
 #: What `restore` reports: entries re-embedded or left out, then each kind of disagreement it repaired.
 RESTORED = ("restored", "product_gone", "over_cap", "unreadable")
 DISAGREEMENTS = ("views_missing", "views_product_differs", "views_not_in_catalogue", "views_without_entry", "views_left_out")
-MAX_VIEWS_ENV = "CATALOGUE_MAX_STORE_VIEWS"
-DEFAULT_MAX_VIEWS = 10
 #: The answer recorded with a confirmation: this many products, best first.
 ANSWER_LENGTH = 5
 #: Pixels by which a box sent back may differ from the located one (rounding by clients).
@@ -63,13 +61,8 @@ BOX_TOLERANCE = 2
 
 
 def max_views() -> int:
-    """Store views kept per product ($CATALOGUE_MAX_STORE_VIEWS, default 10); 0 keeps none (feedback is only logged)."""
-    value = os.environ.get(MAX_VIEWS_ENV, "")
-    if not value:
-        return DEFAULT_MAX_VIEWS
-    if not value.isdigit():
-        raise OptionError(f"{MAX_VIEWS_ENV}={value!r}: expected a whole number of views per product, e.g. 10")
-    return int(value)
+    """Store views kept per product ($CATALOGUE_MAX_STORE_VIEWS); 0 keeps none (feedback is only logged)."""
+    return settings.get("max_store_views")
 
 
 def not_this_photo(sha256: str) -> tuple[tuple[str, str], ...]:

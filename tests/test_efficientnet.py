@@ -96,7 +96,7 @@ def catalogue_store(tmp_path_factory):
 
 def test_product_in_clutter_is_found_among_hundreds(catalogue_store, tmp_path, cli):
     """A catalogue image cut out, tilted, relit, blurred and pasted in store-like clutter."""
-    from indexer.storelike import ViewParams, store_view
+    from search.storelike import ViewParams, store_view
 
     _dam, store = catalogue_store
     rng = np.random.default_rng(2024)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from conftest import open_store, studio_shot
+from edge_formula import formula_query
 
 from search.rescore import colour_bonus, formula
 
@@ -76,7 +77,8 @@ def test_one_qdrant_query_with_formula_equals_python_rescoring(synced, dam, stor
         options = SearchOptions(top_k=16, candidates=16, alpha=0.2, threshold=60.0)
         [features] = searcher.features(load_rgb(dam / "generated" / "BLUE-BAG.png"))  # default pipeline: centre views
         python = rank(searcher.candidates(features, options.candidates), features.palette, options)
-        hits = catalogue.formula_query(
+        hits = formula_query(
+            catalogue,
             features.vectors[0],
             searcher.specs[0].vector,
             candidates=16,

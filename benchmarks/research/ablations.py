@@ -53,7 +53,7 @@ def trim(photos, truth):
 
 
 def _cutout_on(image, background, share, rng=None):
-    from indexer.storelike import clutter_background, product_cutout
+    from search.storelike import clutter_background, product_cutout
 
     cut = product_cutout(image)
     cut.thumbnail((int(256 * share), int(256 * share)))

@@ -13,7 +13,7 @@ Backbones:
 
 Runtimes (`load_encoder(..., runtime=)`): torch runs every backbone on any
 device; an ONNX export of it runs on onnxruntime's CPU provider without
-importing torch or transformers (over 2 s of a process's start-up), see
+importing torch or transformers (most of a process's start-up), see
 `exported.py`. With `runtime="auto"` and a `cache_dir`:
 
 - ONNX when the model will run on the CPU: `device="cpu"`, or `device="auto"`
@@ -23,7 +23,7 @@ importing torch or transformers (over 2 s of a process's start-up), see
   machine, not torch's own answer: a machine with NVIDIA devices but no CUDA
   build of torch gets torch on the CPU.
 - the export is made on first use: the torch model is loaded, exported into
-  `cache_dir` (a few seconds, once) and the ONNX encoder returned; if the
+  `cache_dir` (once) and the ONNX encoder returned; if the
   export fails, one warning on stderr and the torch encoder is returned.
 - torch otherwise (an accelerator, no `cache_dir`).
 
@@ -40,7 +40,6 @@ Torch and transformers are imported only when a torch model is loaded.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -49,6 +48,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from indexer import settings
 from indexer.errors import ModelLoadError, first_line
 
 if TYPE_CHECKING:
@@ -57,13 +57,12 @@ if TYPE_CHECKING:
     from indexer.encoders.text import TextEncoder
 
 DEFAULT_MODEL = "patrickjohncyh/fashion-clip"
-MODEL_ENV_VAR = "CATALOGUE_MODEL"
+MODEL_ENV_VAR = settings.setting_env("model")
 OFFLINE_MODELS = ("efficientnet-lite0", "efficientnet-lite2")
 RUNTIMES = ("auto", "torch", "onnx")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: Images per forward when --batch-size is not given: a GPU is fed far more at once than a CPU.
 DEVICE_BATCH_SIZES = {"cpu": 32, "cuda": 256, "mps": 64}
-CACHE_ENV_VAR = "CATALOGUE_CACHE"
 
 
 class Encoder(ABC):
@@ -217,10 +216,7 @@ def encoder_class(model: str) -> type[Encoder]:
 
 def default_cache_dir() -> Path:
     """Where exports are kept: `$CATALOGUE_CACHE`, else `$XDG_CACHE_HOME/catalogue-indexer/onnx` (`~/.cache/...`)."""
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "catalogue-indexer" / "onnx"
+    return settings.get("cache")
 
 
 def _load_torch(model: str, device: str, dtype: str = "auto") -> Encoder:
@@ -269,11 +265,11 @@ def _accelerator_visible() -> bool:
         import platform
 
         return platform.machine() == "arm64"
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = settings.get("cuda_visible_devices")
     if visible is not None and visible.strip() in ("", "-1"):
         return False
     return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/dxg").exists()
 
 
 def default_model() -> str:
-    return os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
+    return settings.get("model") or DEFAULT_MODEL

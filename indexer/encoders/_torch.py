@@ -42,7 +42,7 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def inference_dtype(device: str, dtype: str = "auto") -> torch.dtype:
-    """`auto`: fp16 on accelerators (twice the throughput, the same ranking), fp32 on CPU; else as asked."""
+    """`auto`: fp16 on accelerators (faster, the same ranking), fp32 on CPU; else as asked."""
     if dtype == "auto":
         return torch.float16 if device.startswith(("cuda", "mps")) else torch.float32
     return _DTYPES[dtype]

@@ -11,8 +11,7 @@ L2-normalised. Preprocessing is the reference evaluation transform (bicubic
 resize of the centred square to image_size, then (pixel - 127) / 128) with
 one change: the reference first trims image_size/(image_size + 32) of the
 short side, and catalogue shots fill their frame, so that trim cuts handles
-and heels off. Measured on the synthetic store photos (catalogue trimmed vs
-not, same queries): top-1 64 % vs 71 %.
+and heels off (it ranked worse on the synthetic store photos: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -60,7 +59,7 @@ def build_reference(name: str):
 def fuse_batch_norms(model):
     """Fold every eval-mode BatchNorm into the convolution before it.
 
-    Same outputs to about 1e-5, about 1.5x faster on CPU; the network only
+    The same outputs to float rounding (tests compare), and faster on CPU; the network only
     ever runs in inference here.
     """
     from torch import nn

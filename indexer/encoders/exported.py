@@ -1,11 +1,10 @@
 """Encoders exported to ONNX and run by onnxruntime: the CPU search path without torch.
 
-A `search image` process used to spend over 2 s importing torch and
-transformers before its first photo; onnxruntime imports in about 0.1 s,
-loads a model 2-4x faster and runs the small batches of a search faster on
-CPU (2 cores: lite0 3.4x at batch 1, CLIP ViT-B/32 1.4x; ViT-B/32 is even
-with torch at batch 32, `benchmarks/onnx_runtime.py`). Torch stays the
-runtime on GPUs and the tool that makes the export.
+Importing torch and transformers is most of a `search image` process's time
+before its first photo; onnxruntime imports and loads a model much faster,
+and runs the small batches of a search faster on the CPU
+(`benchmarks/onnx_runtime.py` measures both). Torch stays the runtime on
+GPUs and the tool that makes the export.
 
 An export is two files in a cache folder, named by the model's vector name,
 the revision of this tool's preprocessing for it and a hash of its model id:

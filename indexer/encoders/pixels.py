@@ -1,7 +1,7 @@
 """Model inputs from PIL images with Pillow and numpy only.
 
-The ONNX runtime path must not import torch or transformers (together over
-2 s of start-up), so each backbone's preprocessing is written here as a small
+The ONNX runtime path must not import torch or transformers (together most
+of a process's start-up), so each backbone's preprocessing is written here as a small
 recipe: plain data that an export records in its sidecar, and a call that
 turns one RGB image into the model's (C, H, W) float32 input. The call is two
 steps, kept apart so the costly one runs per image and the cheap one per

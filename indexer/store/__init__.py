@@ -12,9 +12,9 @@ module and in the README.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from indexer import settings
 from indexer.store.catalogue import Catalogue
 from indexer.store.schema import (
     DEFAULT_COLLECTION,
@@ -54,11 +54,7 @@ __all__ = [
 
 def default_store_path() -> Path:
     """Embedded store location: $CATALOGUE_QDRANT_PATH, else $XDG_DATA_HOME/catalogue-indexer/qdrant."""
-    explicit = os.environ.get("CATALOGUE_QDRANT_PATH")
-    if explicit:
-        return Path(explicit).expanduser()
-    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return data_home / "catalogue-indexer" / "qdrant"
+    return settings.get("qdrant_path")
 
 
 def open_store(

@@ -96,19 +96,6 @@ class Catalogue(ABC):
         """Stored vectors by point id, then by vector name."""
 
     @abstractmethod
-    def formula_query(
-        self,
-        vector: np.ndarray,
-        using: str,
-        candidates: int,
-        formula: dict,
-        limit: int,
-        filters: Filters = (),
-        fields: Sequence[str] = CANDIDATE_FIELDS,
-    ) -> list[Hit]:
-        """The `candidates` nearest points, re-scored by `formula` (Qdrant's REST form), best first."""
-
-    @abstractmethod
     def build_index(self) -> bool:
         """Build what the engine builds in the background (HNSW, quantized vectors) now, so the
         first search after a sync is fast. True if anything was built."""

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer import settings
 from indexer.errors import BadInputError, StoreUnavailable, first_line
 from indexer.store.catalogue import Catalogue
 from indexer.store.lock import StoreLock
@@ -48,15 +49,13 @@ SHARD = "shard"
 RECORD = "collection.json"
 #: Present while writes have not been indexed yet: the next sync builds the index even if nothing changed.
 PENDING = "index.pending"
-#: HNSW parameters: Qdrant's defaults; recall@10 measured 0.989-1.000 up to 1M points shaped like ours (README "Scale").
+#: HNSW parameters: Qdrant's defaults (their recall on points shaped like ours: `benchmarks/store_scale.py`).
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
 #: Search breadth of HNSW queries: at least this, and at least the number of results asked for.
 HNSW_EF = 128
 #: int8 first pass, then the best `OVERSAMPLING` x limit rescored with the original vectors.
 OVERSAMPLING = 2.0
-#: Free disk space never used by writes (see EdgeStore.ensure_space).
-DISK_RESERVE_MB = 64
 #: What a write takes on disk compared with its raw size: the log, the segment, the payload index.
 WRITE_AMPLIFICATION = 4
 
@@ -191,9 +190,8 @@ class EdgeStore:
 
 
 def disk_reserve() -> int:
-    """Free bytes kept untouched on the store's disk: $CATALOGUE_DISK_RESERVE_MB, default 64 MB (two log segments)."""
-    value = os.environ.get("CATALOGUE_DISK_RESERVE_MB", "")
-    return (int(value) if value.isdigit() else DISK_RESERVE_MB) * 2**20
+    """Free bytes kept untouched on the store's disk, room for the engine's log to grow ($CATALOGUE_DISK_RESERVE_MB)."""
+    return settings.get("disk_reserve_mb") * 2**20
 
 
 @contextlib.contextmanager
@@ -379,24 +377,6 @@ class EdgeCatalogue(Catalogue):
             records = self._shard.retrieve(list(point_ids), with_payload=False, with_vector=list(names))
         return {str(r.id): {k: np.asarray(v, dtype=np.float32) for k, v in (r.vector or {}).items()} for r in records}
 
-    def formula_query(self, vector, using, candidates, formula, limit, filters=(), fields=CANDIDATE_FIELDS) -> list[Hit]:
-        import qdrant_edge as qe
-
-        prefetch = qe.Prefetch(
-            limit=candidates,
-            query=qe.Query.Nearest(_floats(vector), using=using),
-            filter=_filter(filters),
-            params=self._params(candidates),
-        )
-        request = qe.QueryRequest(
-            limit=limit,
-            prefetches=[prefetch],
-            query=qe.Formula(_expression(formula["formula"]), defaults=formula.get("defaults")),
-            with_payload=list(fields),
-        )
-        with self._errors(f"searching collection {self.name!r}"):
-            return [_hit(p) for p in self._shard.query(request)]
-
     def _params(self, limit: int):
         import qdrant_edge as qe
 
@@ -498,36 +478,3 @@ def _floats(vector) -> list[float]:
 
 def _hit(point) -> Hit:
     return Hit(str(point.id), float(point.score), point.payload or {})
-
-
-def _expression(node):
-    """Qdrant's REST formula tree (the form the README documents) as Edge expression objects."""
-    import qdrant_edge as qe
-
-    E = qe.Expression
-    if isinstance(node, bool):
-        raise ValueError("booleans are not formula expressions")
-    if isinstance(node, (int, float)):
-        return E.Constant(float(node))
-    if isinstance(node, str):
-        return E.Variable(node)
-    [(op, arg)] = node.items()
-    if op in ("sum", "mult", "max", "min"):
-        return getattr(E, op.capitalize())([_expression(a) for a in arg])
-    if op in ("sqrt", "neg", "abs", "exp", "ln", "log10"):
-        return getattr(E, {"log10": "Log10"}.get(op, op.capitalize()))(_expression(arg))
-    if op == "pow":
-        return E.Pow(_expression(arg["base"]), _expression(arg["exponent"]))
-    if op == "div":
-        return E.Div(_expression(arg["left"]), _expression(arg["right"]), arg.get("by_zero_default"))
-    if op in ("lin_decay", "exp_decay", "gauss_decay"):
-        kind = {"lin_decay": qe.DecayKind.Lin, "exp_decay": qe.DecayKind.Exp, "gauss_decay": qe.DecayKind.Gauss}[op]
-        target = arg.get("target")
-        return E.Decay(
-            kind,
-            _expression(arg["x"]),
-            target=None if target is None else _expression(target),
-            midpoint=arg.get("midpoint"),
-            scale=arg.get("scale"),
-        )
-    raise ValueError(f"formula operation {op!r} is not supported by the embedded store")

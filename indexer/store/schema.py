@@ -142,8 +142,8 @@ class StorageSettings:
     `on_disk=True` leaves the original vectors on disk (memory-mapped). Both
     matter from a few hundred thousand images on (README "Scale").
     `hnsw_threshold`: segments with fewer points are searched exactly (a scan
-    of a few thousand vectors takes milliseconds); larger ones get an HNSW
-    graph, built at the end of a sync.
+    of a small segment is quick); larger ones get an HNSW graph, built at the
+    end of a sync.
     """
 
     quantization: str = "none"

@@ -248,21 +248,6 @@ class ServerCatalogue(Catalogue):
             records = self._client.retrieve(self.name, ids=list(point_ids), with_payload=False, with_vectors=list(names))
         return {str(r.id): {k: np.asarray(v, dtype=np.float32) for k, v in (r.vector or {}).items()} for r in records}
 
-    def formula_query(self, vector, using, candidates, formula, limit, filters=(), fields=CANDIDATE_FIELDS) -> list[Hit]:
-        from qdrant_client import models as qm
-
-        with self._errors(f"searching collection {self.name!r}"):
-            found = self._client.query_points(
-                self.name,
-                prefetch=qm.Prefetch(
-                    query=_floats(vector), using=using, limit=candidates, filter=_filter(filters), params=self._params(candidates)
-                ),
-                query=qm.FormulaQuery.model_validate(formula),
-                limit=limit,
-                with_payload=list(fields),
-            ).points
-        return [_hit(p) for p in found]
-
     def _params(self, limit: int):
         from qdrant_client import models as qm
 

@@ -24,6 +24,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from indexer import settings
 from indexer.errors import BadInputError, OptionError, StoreInUse, StoreUnavailable
 
 ANNOUNCEMENT = "serve.json"
@@ -110,7 +111,7 @@ def _local_images(result: dict, roots: dict) -> dict:
 def feedback(server: dict, method: str, path: str, query: dict, *, photo: Path | None = None, data: bytes | None = None) -> dict:
     """A /v1/feedback call to the server holding the store (`indexer feedback` while `search serve` runs);
     `data`, the bytes of `photo`, for a new answer."""
-    key = os.environ.get("CATALOGUE_FEEDBACK_KEY") or os.environ.get("CATALOGUE_API_KEY") or None
+    key = settings.get("feedback_key") or settings.get("api_key")
     try:
         return call(server, method, path, query, data=data, media=_media(photo) if photo else None, key=key)
     except _Refused as refused:
