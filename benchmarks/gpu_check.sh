@@ -12,7 +12,7 @@
 #   3. the GPU tests (tests/test_gpu.py: GPU vectors against CPU vectors).
 # Environment: IMAGES (20000), DEVICE (cuda), DTYPE (fp16), WORKERS (cores), PYTHON (python3).
 # Where packages cannot be fetched (the lent machine), wheels carried in .whl/ are installed first
-# (README "GPU check"). Writes only under $WORK (default /tmp/gpu-check).
+# (benchmarks/RESULTS.md "GPU check"). Writes only under $WORK (default /tmp/gpu-check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

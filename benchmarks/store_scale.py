@@ -18,7 +18,7 @@ each it prints:
   index       seconds of `Catalogue.build_index` (HNSW, quantization)
   open        seconds from nothing to the first answered query's store being open
   query p50/95  the 100 nearest by cosine, then the colour formula (prefetch + formula: the
-              README's one query; `search image` re-scores the same 100 in numpy)
+              one query of docs/schema.md; `search image` re-scores the same 100 in numpy)
   recall@10   of the cosine top 10 against exact search (numpy, same vectors)
   RSS         peak resident memory of the build and of the query process
 The baseline is the previous embedded backend (qdrant-client local mode) on the
@@ -199,7 +199,7 @@ def query(engine: str, folder: Path, size: int, count: int, truth_file: Path) ->
     t = time.perf_counter()
     if engine == "edge":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from edge_formula import formula_query  # the README's one query through the engine (the product ranks in numpy)
+        from edge_formula import formula_query  # the one query of docs/schema.md through the engine (the product ranks in numpy)
 
         from indexer.store import open_store
 

@@ -1,4 +1,4 @@
-"""The collection schema: the contract other services read (README "Collection schema").
+"""The collection schema: the contract other services read (docs/schema.md).
 
 One point per catalogue image, id derived from its path relative to the DAM
 root; one named vector per encoder, cosine distance. Payload:
