@@ -140,6 +140,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("workers", "CATALOGUE_WORKERS", whole(1, 4), 4, "searches at once"),
         Setting("queue", "CATALOGUE_QUEUE", whole(0, 16), 16, "searches waiting beyond them"),
         Setting("max_upload_mb", "CATALOGUE_MAX_UPLOAD_MB", number(0.001, 25), 25.0, "the largest upload (MB)"),
+        Setting("upload_budget_mb", "CATALOGUE_UPLOAD_BUDGET_MB", number(0.01, 128), 128.0, "all uploads in flight (MB)"),
+        Setting("read_timeout", "CATALOGUE_READ_TIMEOUT_S", number(0.1, 30), 30.0, "seconds to send a request body"),
         Setting("api_key", "CATALOGUE_API_KEY", text, None, "the key every /v1/ route asks for", secret=True),
         Setting("feedback_key", "CATALOGUE_FEEDBACK_KEY", text, None, "the key /v1/feedback asks for", secret=True),
     )
