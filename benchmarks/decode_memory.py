@@ -62,7 +62,7 @@ def child(args) -> None:
     """One scenario in this process; prints one JSON line."""
     from concurrent.futures import wait
 
-    from indexer.cli_common import model_loading
+    from catalogue_cli.options import model_loading
     from search.options import SearchOptions
     from search.serve.service import ServeConfig, Service
 

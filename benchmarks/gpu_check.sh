@@ -84,7 +84,7 @@ EOF
 read -r BARE BATCH < "$WORK/vit/best.txt" || true
 
 # -- 2. indexer sync, end to end -------------------------------------------------------------------
-"$PYTHON" -m indexer.cli sync "$WORK/dam" --model "$WORK/vit" --device "$DEVICE" --dtype "$DTYPE" --runtime torch \
+"$PYTHON" -m catalogue_cli.indexer sync "$WORK/dam" --model "$WORK/vit" --device "$DEVICE" --dtype "$DTYPE" --runtime torch \
     --batch-size "$BATCH" --workers "$WORKERS" --qdrant-path "$WORK/store" --json -q > "$WORK/sync.json"
 "$PYTHON" - "$WORK/sync.json" "$BARE" <<'EOF'
 import json, sys

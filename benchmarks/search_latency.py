@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"], help="as search image's --runtime")
     args = parser.parse_args()
 
-    from indexer.cli_common import model_loading
+    from catalogue_cli.options import model_loading
     from indexer.images import IMAGE_SUFFIXES
     from indexer.store import open_store
     from search.query import Searcher, SearchOptions

@@ -37,7 +37,7 @@ def free_port() -> int:
 def in_process(store: Path, photos: list[tuple[str, bytes]], collection: str, rounds: int, workers: int, queue: int) -> float:
     """Median seconds per photo through the service's own pipeline (the same models, threads and batching
     as the server, warmed up the same way), called directly: what HTTP adds is the rest."""
-    from indexer.cli_common import model_loading
+    from catalogue_cli.options import model_loading
     from search.options import SearchOptions
     from search.serve.service import ServeConfig, Service
 
@@ -95,7 +95,7 @@ def main() -> None:
         [
             sys.executable,
             "-m",
-            "search.cli",
+            "catalogue_cli.search",
             "serve",
             "--qdrant-path",
             str(store),

@@ -79,7 +79,7 @@ def main() -> None:
     store = work / "store"
     shutil.copytree(args.qdrant_path, store)
     port = free_port()
-    command = [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(store), "--port", str(port)]
+    command = [sys.executable, "-m", "catalogue_cli.search", "serve", "--qdrant-path", str(store), "--port", str(port)]
     server = subprocess.Popen(
         [*command, "--locate", "none", *args.serve_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

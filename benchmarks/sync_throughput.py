@@ -170,7 +170,7 @@ def main() -> None:
         for _ in range(3):
             t = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "indexer.cli", "sync", str(dam), "--qdrant-path", str(store), "-q"],
+                [sys.executable, "-m", "catalogue_cli.indexer", "sync", str(dam), "--qdrant-path", str(store), "-q"],
                 check=True,
                 capture_output=True,
             )

@@ -5,6 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY indexer ./indexer
 COPY search ./search
+COPY catalogue_cli ./catalogue_cli
 # torch is already in the image and satisfies the requirement: nothing large is downloaded.
 RUN pip install --no-cache-dir '.[efficientnet]'
 

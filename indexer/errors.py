@@ -9,9 +9,10 @@
     +-- ModelMismatch       exit 5   the collection was built with another model
     +-- ModelLoadError      exit 6   the model cannot be loaded (not found, no network)
 
-A sync that indexes everything it can but meets bad files exits 7
-(`EXIT_PARTIAL`), after reporting each file. Programming errors are not
-caught: they should surface as tracebacks and bug reports.
+A command that does what it can but meets some bad inputs (a sync's
+files, a search's photos, feedback ids) exits 7 (`EXIT_PARTIAL`), after
+reporting each. Programming errors are not caught: they should surface
+as tracebacks and bug reports.
 """
 
 from __future__ import annotations

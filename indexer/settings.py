@@ -164,7 +164,7 @@ SETTINGS: dict[str, Setting] = {
             "bytes all uploads in flight may hold together (MB)",
         ),
         Setting(
-            "read_timeout_s",
+            "read_timeout",
             "CATALOGUE_READ_TIMEOUT_S",
             number(0.1, 30, 3600),
             30.0,

@@ -146,8 +146,8 @@ def store(tmp_path) -> str:
 @pytest.fixture
 def cli():
     """Run a CLI command in-process; returns click's Result (stdout, stderr, exit_code)."""
-    from indexer.cli import main as indexer_main
-    from search.cli import main as search_main
+    from catalogue_cli.indexer import main as indexer_main
+    from catalogue_cli.search import main as search_main
 
     runner = CliRunner()
     commands = {"indexer": indexer_main, "search": search_main}
@@ -299,7 +299,7 @@ def serve_holding(store: str, **env: str):
     yields its port once ready, stops it afterwards."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
+        [sys.executable, "-m", "catalogue_cli.search", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, **env},

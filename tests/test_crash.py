@@ -20,7 +20,18 @@ IMAGES = 120
 
 
 def sync_command(dam, store, model, *extra) -> list[str]:
-    return [sys.executable, "-m", "indexer.cli", "sync", str(dam), "--model", model, "--qdrant-path", str(store), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "catalogue_cli.indexer",
+        "sync",
+        str(dam),
+        "--model",
+        model,
+        "--qdrant-path",
+        str(store),
+        *extra,
+    ]
 
 
 def stored_points(store) -> int:

@@ -82,7 +82,7 @@ def test_similar_products_are_closer_than_unrelated_ones(lite0):
 def catalogue_store(tmp_path_factory):
     from click.testing import CliRunner
 
-    from indexer.cli import main
+    from catalogue_cli.indexer import main
 
     dam = tmp_path_factory.mktemp("catalogue")
     for path in CATALOGUE:

@@ -60,7 +60,7 @@ def stores(tmp_path_factory) -> tuple[Path, Path]:
     """The catalogue synced with Lite0, and a copy of the store (the embedded store is one process at a time)."""
     from click.testing import CliRunner
 
-    from indexer.cli import main as indexer
+    from catalogue_cli.indexer import main as indexer
 
     root = tmp_path_factory.mktemp("page")
     dam = root / "dam"
@@ -103,7 +103,7 @@ def serving(store: Path, log: Path, env: dict | None = None, args: tuple[str, ..
     port = _free_port()
     with log.open("w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(store), "--port", str(port), *args],
+            [sys.executable, "-m", "catalogue_cli.search", "serve", "--qdrant-path", str(store), "--port", str(port), *args],
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -289,7 +289,7 @@ def test_text_search_when_the_model_has_a_text_tower(clip_with_tokenizer, browse
     from click.testing import CliRunner
     from selenium.webdriver.common.keys import Keys
 
-    from indexer.cli import main as indexer
+    from catalogue_cli.indexer import main as indexer
 
     store = tmp_path / "store"
     result = CliRunner().invoke(

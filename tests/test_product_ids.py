@@ -37,7 +37,7 @@ def sync_hostile(model: str, folder: Path) -> tuple[str, dict[str, Path]]:
     """The test DAM synced into `folder` with a manifest giving each image one of IDS: (store, {id: image})."""
     from click.testing import CliRunner
 
-    from indexer.cli import main as indexer
+    from catalogue_cli.indexer import main as indexer
 
     dam = folder / "dam"
     shutil.copytree(DATA / "dam", dam)

@@ -246,7 +246,7 @@ def test_search_image_process_imports_no_torch_transformers_or_scipy(synced, dam
     """What a `search image` process pays at start-up: the exported models, not torch (1.4 s) or scipy's clustering."""
     script = (
         "import sys\n"
-        "from search.cli import main\n"
+        "from catalogue_cli.search import main\n"
         f"sys.argv = ['search', 'image', {str(dam / 'generated' / 'RED-BAG.png')!r}, '--qdrant-path', {store!r}, '--json']\n"
         "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
         "heavy = [m for m in ('torch', 'transformers', 'scipy.cluster', 'scipy.ndimage', 'sklearn', 'qdrant_client') if m in sys.modules]\n"

@@ -103,13 +103,16 @@ def test_missing_photo_is_exit_3(synced, cli, tmp_path, store):
     assert result.exit_code == 3 and "no such file" in result.stderr
 
 
-def test_photo_that_is_not_an_image_is_exit_3_and_others_still_searched(synced, cli, dam, tmp_path, store):
+def test_photo_that_is_not_an_image_is_exit_7_and_others_still_searched(synced, cli, dam, tmp_path, store):
+    """Some inputs failed: 7, as for indexer sync; every input failed: 3."""
     bad = tmp_path / "notes.jpg"
     bad.write_text("hello")
     result = cli("search", "image", bad, dam / "generated" / "RED-BAG.png", "--qdrant-path", store, "--json")
-    assert result.exit_code == 3
+    assert result.exit_code == 7
     assert "notes.jpg: not an image" in result.stderr and "Traceback" not in result.output
     assert len(json.loads(result.stdout)) == 1
+    only_bad = cli("search", "image", bad, tmp_path / "nope.jpg", "--qdrant-path", store, "--json")
+    assert only_bad.exit_code == 3 and "notes.jpg: not an image" in only_bad.stderr and "nope.jpg" in only_bad.stderr
 
 
 def test_search_without_a_collection_says_how_to_make_one(cli, dam, store):

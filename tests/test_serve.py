@@ -317,7 +317,7 @@ def test_serve_command_starts_answers_and_stops(synced, store, dam):
 
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
+        [sys.executable, "-m", "catalogue_cli.search", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -337,7 +337,16 @@ def test_serve_command_starts_answers_and_stops(synced, store, dam):
 
 def test_serve_command_that_cannot_load_exits_with_one_line(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(tmp_path / "none"), "--port", str(free_port())],
+        [
+            sys.executable,
+            "-m",
+            "catalogue_cli.search",
+            "serve",
+            "--qdrant-path",
+            str(tmp_path / "none"),
+            "--port",
+            str(free_port()),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -352,7 +361,7 @@ def test_an_api_key_without_tls_off_loopback_is_warned_about(tmp_path):
         [
             sys.executable,
             "-m",
-            "search.cli",
+            "catalogue_cli.search",
             "serve",
             "--qdrant-path",
             str(tmp_path / "none"),
@@ -370,7 +379,9 @@ def test_an_api_key_without_tls_off_loopback_is_warned_about(tmp_path):
 
 
 def test_serve_help_lists_its_options():
-    done = subprocess.run([sys.executable, "-m", "search.cli", "serve", "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "catalogue_cli.search", "serve", "--help"], capture_output=True, text=True, timeout=60
+    )
     for option in ("--host", "--port", "--watch", "--tls-cert", "--cors-origin", "--max-upload-mb", "CATALOGUE_API_KEY"):
         assert option in done.stdout
 
@@ -409,7 +420,7 @@ def test_serve_over_tls(synced, store, tmp_path):
         [
             sys.executable,
             "-m",
-            "search.cli",
+            "catalogue_cli.search",
             "serve",
             "--qdrant-path",
             store,
@@ -450,7 +461,7 @@ def test_search_image_hands_the_photos_to_the_serve_holding_the_store(synced, st
         monkeypatch.setenv("CATALOGUE_API_KEY", "k3y")
         (dam / "notes.jpg").write_text("not an image")
         result = cli("search", "image", photo, dam / "notes.jpg", "--qdrant-path", store, "--json", "--top-k", "3", "-v")
-        assert result.exit_code == 3, result.output
+        assert result.exit_code == 7, result.output
         [entry] = json.loads(result.stdout)
         assert entry["query"] == str(photo) and entry["matches"][0]["product_id"] == "RED-BAG" and len(entry["matches"]) == 3
         assert f"{dam / 'notes.jpg'}: not an image" in result.stderr

@@ -43,7 +43,7 @@ OPENING = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, clip_with_tokenizer):
     """A synced store and `search serve` on it: 1 worker, a queue of 1 (two bodies in flight at most)."""
-    from indexer.cli import main as indexer
+    from catalogue_cli.indexer import main as indexer
 
     root = tmp_path_factory.mktemp("served")
     dam, store, log = root / "dam", root / "qdrant", root / "serve.log"
@@ -59,7 +59,7 @@ def server(tmp_path_factory, clip_with_tokenizer):
             [
                 sys.executable,
                 "-m",
-                "search.cli",
+                "catalogue_cli.search",
                 "serve",
                 "--qdrant-path",
                 str(store),
@@ -319,7 +319,18 @@ def test_an_upload_cancelled_at_shutdown_is_one_line(tmp_path, store, synced):
     port = free_port()
     with log.open("w") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
+            [
+                sys.executable,
+                "-m",
+                "catalogue_cli.search",
+                "serve",
+                "--qdrant-path",
+                store,
+                "--port",
+                str(port),
+                "--locate",
+                "none",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
@@ -345,7 +356,7 @@ def test_an_upload_cancelled_at_shutdown_is_one_line(tmp_path, store, synced):
 
 def test_the_new_limits_are_options_with_environment_variables():
     done = subprocess.run(
-        [sys.executable, "-m", "search.cli", "serve", "--help"],
+        [sys.executable, "-m", "catalogue_cli.search", "serve", "--help"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -28,7 +28,19 @@ STOP_DEADLINE = 5 + 10 + 15
 
 def start(store: str, port: int, *options: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none", *options],
+        [
+            sys.executable,
+            "-m",
+            "catalogue_cli.search",
+            "serve",
+            "--qdrant-path",
+            store,
+            "--port",
+            str(port),
+            "--locate",
+            "none",
+            *options,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -126,7 +138,7 @@ def test_a_port_in_use_is_exit_4_in_one_line(tmp_path):
     port = holder.getsockname()[1]
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(tmp_path / "none"), "--port", str(port)],
+            [sys.executable, "-m", "catalogue_cli.search", "serve", "--qdrant-path", str(tmp_path / "none"), "--port", str(port)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -146,7 +158,18 @@ def test_a_port_in_use_is_exit_4_in_one_line(tmp_path):
 )
 def test_a_host_that_cannot_be_bound_is_exit_2_in_one_line(tmp_path, host, words):
     done = subprocess.run(
-        [sys.executable, "-m", "search.cli", "serve", "--qdrant-path", str(tmp_path / "none"), "--host", host, "--port", "8000"],
+        [
+            sys.executable,
+            "-m",
+            "catalogue_cli.search",
+            "serve",
+            "--qdrant-path",
+            str(tmp_path / "none"),
+            "--host",
+            host,
+            "--port",
+            "8000",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -95,7 +95,7 @@ def test_an_empty_cuda_visible_devices_hides_every_gpu(monkeypatch):
         ("max_upload_mb", "nan"),
         ("max_upload_mb", "inf"),
         ("upload_budget_mb", "0"),
-        ("read_timeout_s", "-3"),
+        ("read_timeout", "-3"),
         ("runtime", "tensorflow"),
         ("dtype", "fp8"),
         ("device", "gpu"),

@@ -115,7 +115,7 @@ def test_damaged_store_is_one_line_and_reindex_repairs_it(synced, cli, dam, stor
     damage(store)
     # As a real process: the engine's own panic report must not reach the terminal either.
     process = subprocess.run(
-        [sys.executable, "-m", "search.cli", "image", str(dam / RED), "--qdrant-path", store],
+        [sys.executable, "-m", "catalogue_cli.search", "image", str(dam / RED), "--qdrant-path", store],
         capture_output=True,
         text=True,
         timeout=120,

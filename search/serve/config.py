@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from indexer.sync import DeleteLimit
 
 
+def _setting(name: str):
+    """A default that is a setting (indexer/settings.py holds its value and its variable)."""
+    from indexer import settings
+
+    return field(default_factory=lambda: settings.get(name))
+
+
 def _default_max_delete() -> DeleteLimit:
     from indexer.sync import DEFAULT_MAX_DELETE  # imported here: indexer.sync loads numpy and the image stack
 
@@ -29,15 +36,15 @@ class ServeConfig:
     # The store and the models.
     qdrant_path: str | None = None
     qdrant_url: str | None = None
-    qdrant_api_key: str | None = None  # the Qdrant server's key, not this service's
+    qdrant_api_key: str | None = _setting("qdrant_api_key")  # the Qdrant server's key, not this service's
     collection: str = "catalogue"
     model: str | None = None
     model_loading: dict = field(default_factory=dict)  # device, runtime, cache_dir
     locate: str = "centre"
     detector_options: dict = field(default_factory=dict)
     # Searches: a bounded pool, their forwards batched together.
-    workers: int = 4
-    queue: int = 16
+    workers: int = _setting("workers")
+    queue: int = _setting("queue")
     max_batch: int = 32
     batch_wait: float = 0.002  # seconds
     model_threads: int | None = 1  # threads of one forward; concurrent searches use the other cores
@@ -47,17 +54,17 @@ class ServeConfig:
     max_delete: DeleteLimit = field(default_factory=_default_max_delete)  # a watch pass deleting more is refused
     stop_grace: float = 5.0  # on a stop, how long running searches get to finish
     # HTTP: where it listens, who may call it, and the bodies it reads.
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # every /v1/ route asks for it (CATALOGUE_API_KEY)
-    feedback_key: str | None = None  # /v1/feedback asks for it instead (CATALOGUE_FEEDBACK_KEY)
+    host: str = _setting("host")
+    port: int = _setting("port")
+    api_key: str | None = _setting("api_key")  # every /v1/ route asks for it
+    feedback_key: str | None = _setting("feedback_key")  # /v1/feedback asks for it instead
     open_feedback: bool | None = None  # feedback without any key; None: only when `host` is loopback
     cors_origins: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
-    max_upload_mb: float = 25.0
-    upload_budget_mb: float = 128.0  # what all uploads in flight may hold together
-    read_timeout: float = 30.0  # seconds a client has to send a whole body
+    max_upload_mb: float = _setting("max_upload_mb")
+    upload_budget_mb: float = _setting("upload_budget_mb")  # what all uploads in flight may hold together
+    read_timeout: float = _setting("read_timeout")  # seconds a client has to send a whole body
     url: str | None = None  # where this server answers, announced in an embedded store (handoff.py); set by `run`
 
     @property
