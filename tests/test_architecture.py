@@ -62,9 +62,6 @@ def test_the_environment_check_sees_every_way_of_reading_it(tmp_path):
     assert [read.split(":")[0] for read in environment_reads(module)] == ["3", "4", "5", "7"]
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def _imported_packages(path: Path) -> set[str]:
     """The top-level package of every import in the module, those inside functions included."""
     found = set()
