@@ -58,7 +58,7 @@ serve_options = option_group(
             "--model-threads",
             "model_threads",
             click.IntRange(1, 256),
-            "Threads of one ONNX model forward; concurrent searches use the other cores (1 measured best under load).",
+            "Threads of one ONNX model forward; concurrent searches use the other cores.",
         ),
         _fixed("--max-batch", "max_batch", click.IntRange(1, 512), "Most images in one shared model forward."),
         _fixed(
