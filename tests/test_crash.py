@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import all_points, open_store, studio_shot
+from conftest import all_points, eventually, open_store, studio_shot
 
 from indexer.store import point_id
 
@@ -159,19 +159,21 @@ def test_preparing_processes_leave_with_a_sync_killed_9(tmp_path, tiny_clip):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    workers: set[int] = set()
-    deadline = time.monotonic() + 120
-    while len(workers) < 2 and time.monotonic() < deadline and process.poll() is None:
+
+    def two_workers() -> set[int]:
+        assert process.poll() is None, "the sync finished or failed before its workers could be seen"
         workers = {pid for pid in _children(process.pid) if b"multiprocessing.spawn" in _command_line(pid)}
-        time.sleep(0.1)
-    assert len(workers) == 2, "the sync finished or failed before its workers could be seen"
+        return workers if len(workers) >= 2 else set()
+
+    workers = eventually(two_workers, timeout=120, awaited="the sync's two preparing worker processes")
+    assert len(workers) == 2
     process.send_signal(signal.SIGKILL)
     process.wait()
-    deadline = time.monotonic() + 10
-    while workers and time.monotonic() < deadline:
-        workers = {pid for pid in workers if _alive(pid)}
-        time.sleep(0.1)
-    assert not workers, f"worker processes {sorted(workers)} outlived the killed sync"
+    eventually(
+        lambda: not any(_alive(pid) for pid in workers),
+        timeout=10,
+        awaited=f"worker processes {sorted(workers)} to leave with the killed sync",
+    )
 
 
 def _children(parent: int) -> set[int]:
