@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import all_points, eventually, open_store, studio_shot
 
 from indexer.store import point_id
@@ -36,6 +37,7 @@ def assert_mirrors(store, expected: set[str]) -> None:
     assert all(p.id == point_id(p.payload["path"]) for p in points)
 
 
+@pytest.mark.slow
 def test_sync_killed_at_random_moments_converges(tmp_path, tiny_clip, cli):
     dam = tmp_path / "dam"
     rng = np.random.default_rng(0)
@@ -113,6 +115,7 @@ def test_sync_killed_while_building_the_index_converges(tmp_path, tiny_clip, cli
         assert_mirrors(store, {f"Q{i:03d}.png" for i in range(60)})
 
 
+@pytest.mark.slow
 def test_store_killed_mid_index_build_reopens_whole(tmp_path):
     """The engine's own index build (here 20,000 points, seconds of work) killed at random moments."""
     script = tmp_path / "build.py"

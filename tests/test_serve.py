@@ -177,6 +177,7 @@ def test_an_indexed_file_turned_into_a_link_out_of_the_dam_is_not_served(synced,
     assert client.get(f"/v1/images/{RED.as_posix()}").status_code == 404
 
 
+@pytest.mark.slow  # syncs with the real Lite0 weights
 def test_text_search_with_a_text_tower_and_400_without(cli, dam, store, clip_with_tokenizer, serve, tmp_path):
     assert cli("indexer", "sync", dam, "--model", clip_with_tokenizer, "--qdrant-path", store).exit_code == 0
     client = serve()

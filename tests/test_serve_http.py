@@ -305,6 +305,7 @@ def test_no_answer_names_the_servers_folders(server, tmp_path, cli):
 # -- stopping --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # waits out the grace period
 def test_an_upload_cancelled_at_shutdown_is_one_line(tmp_path, store, synced):
     """uvicorn cancels what its grace period did not finish: that is one line in the log, not a traceback."""
     log = tmp_path / "serve.log"
