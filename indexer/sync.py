@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -181,12 +182,59 @@ def sync(
     builds its index.
     """
     started = time.perf_counter()
+    _refuse_arguments(root, scanned, shard, reindex)
+    target = _target(catalogue, model, storage, reindex)
+    kept = target.exists and not reindex  # the plan compares the folder with the collection's points
+    scanned, indexed = _in_scope(catalogue, root, scanned, kept, shard)
+    report = SyncReport(
+        dry_run=dry_run,
+        collection=catalogue.name,
+        models=target.models,
+        failed=list(scanned.failed),
+        skipped=list(scanned.skipped),
+        shard=shard,
+    )
+    plan = _plan(scanned.images, indexed, scanned.paths)
+    _refuse_mass_delete(catalogue, root, plan, len(indexed), max_delete)
+    if dry_run:
+        _count_dry_run(plan, report)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    load = partial(encoder_loader, device=device, batch_size=batch_size, runtime=runtime, dtype=dtype, cache_dir=cache_dir)
+    encoders = _ready_collection(catalogue, root, target, plan, reindex, load)
+    _apply_deletions_and_payload_fixes(catalogue, plan, report)
+    if on_plan:
+        on_plan(len(plan.to_encode))
+    _encode_all(plan, encoders, catalogue, report, workers=workers, processes=processes, colours=colours, progress=progress)
+    _finish(catalogue, plan, report, products_before={i.product_id for i in indexed.values()} if kept else None)
+    _build_index(catalogue, report, on_index)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _refuse_arguments(root: Path, scanned: Scan, shard: tuple[int, int] | None, reindex: bool) -> None:
+    """What no collection could make sense of: an empty folder, or a rebuild of one shard only."""
     if not scanned.images and not scanned.failed:
         raise BadInputError(f"{root}: no images found (.jpg .jpeg .png .webp); nothing was changed")
     if shard is not None and reindex:
         raise OptionError(
             "--reindex rebuilds the whole collection: run it once without --shard, then shard the syncs that follow"
         )
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the collection is to hold after the sync: its models and storage settings."""
+
+    exists: bool  # before the sync
+    models: list[str]
+    settings: StorageSettings
+
+
+def _target(catalogue: Catalogue, model: str | None, storage: dict | None, reindex: bool) -> _Target:
+    """The models and storage settings asked for, over those the collection records; an existing collection
+    refuses another model or other settings unless it is rebuilt (`reindex`)."""
     exists = catalogue.exists()
     # A rebuild with the model named needs nothing from the old record: it may be what is broken.
     trust_record = exists and not (reindex and model)
@@ -206,47 +254,45 @@ def sync(
                 f"collection {catalogue.name!r} was created with {_describe(current)}; storage settings "
                 f"are fixed when a collection is made: add --reindex to rebuild it with {_describe(settings)}"
             )
+    return _Target(exists, wanted, settings)
 
-    report = SyncReport(
-        dry_run=dry_run,
-        collection=catalogue.name,
-        models=wanted,
-        failed=list(scanned.failed),
-        skipped=list(scanned.skipped),
-        shard=shard,
-    )
-    indexed = {} if (reindex or not exists) else {image.path: image for image in catalogue.indexed_images()}
+
+def _in_scope(
+    catalogue: Catalogue, root: Path, scanned: Scan, keep: bool, shard: tuple[int, int] | None
+) -> tuple[Scan, dict[str, IndexedImage]]:
+    """The scan and the collection's images (by path) this sync compares: none of the collection's when it is
+    not kept (new, or rebuilt), and only this worker's part of both with a `shard`."""
+    indexed = {image.path: image for image in catalogue.indexed_images()} if keep else {}
     if indexed:
         _refuse_another_folder(catalogue, root, indexed, scanned)
     if shard is not None:
         scanned = scanned.shard(*shard)
-        report.failed, report.skipped = list(scanned.failed), list(scanned.skipped)
         indexed = {path: image for path, image in indexed.items() if shard_of(image.point_id, shard[1]) == shard[0]}
-    sources = scanned.images
-    plan = _plan(sources, indexed, scanned.paths)
-    _refuse_mass_delete(catalogue, root, plan, len(indexed), max_delete)
-    products_before = {image.product_id for image in indexed.values()}
-    if dry_run:
-        _count_dry_run(plan, report)
-        report.seconds = time.perf_counter() - started
-        return report
+    return scanned, indexed
 
+
+def _ready_collection(
+    catalogue: Catalogue, root: Path, target: _Target, plan: _Plan, reindex: bool, load: Callable[[str], Encoder]
+) -> list[Encoder]:
+    """Load the encoders when there is something to encode or a collection to make, and make the collection
+    ready for them: dropped for a rebuild, created with their specs, its recorded root this folder."""
     encoders: list[Encoder] = []
-    if plan.to_encode or reindex or not exists:
-        encoders = [
-            encoder_loader(m, device=device, batch_size=batch_size, runtime=runtime, dtype=dtype, cache_dir=cache_dir)
-            for m in wanted
-        ]
+    if plan.to_encode or reindex or not target.exists:
+        encoders = [load(m) for m in target.models]
         specs = [e.spec for e in encoders]
         if reindex:
             catalogue.drop()
         if catalogue.exists():
-            catalogue.check_models(wanted, loaded=specs)
+            catalogue.check_models(target.models, loaded=specs)
         else:
-            catalogue.create(specs, root=str(root.resolve()), settings=settings)
+            catalogue.create(specs, root=str(root.resolve()), settings=target.settings)
     if catalogue.record().get("root") != str(root.resolve()):
         catalogue.update_metadata(root=str(root.resolve()))
+    return encoders
 
+
+def _apply_deletions_and_payload_fixes(catalogue: Catalogue, plan: _Plan, report: SyncReport) -> None:
+    """The store-only part of the plan: points of vanished files go, changed metadata is rewritten in place."""
     t = time.perf_counter()
     catalogue.delete([image.point_id for image in plan.to_delete])
     for source, stored in plan.payload_only:
@@ -256,26 +302,28 @@ def sync(
     report.unchanged = plan.unchanged
     report.stages["store_fixes"] = time.perf_counter() - t
 
-    if on_plan:
-        on_plan(len(plan.to_encode))
-    _encode_all(plan, encoders, catalogue, report, workers=workers, processes=processes, colours=colours, progress=progress)
+
+def _finish(catalogue: Catalogue, plan: _Plan, report: SyncReport, products_before: set[str] | None) -> None:
+    """Count the payload fixes as updates, set aside the store views of products that left the DAM, and name the
+    products that came back (`products_before`: those the kept collection had; None for a new or rebuilt one)."""
     report.updated += report.metadata_only
     if report.deleted or report.updated or report.added:
         # Store views are not DAM files, so the plan never deletes them. A product gone from the DAM has its views set
         # aside: they leave the collection (they would answer a product that is not there) and the feedback store keeps
         # their photos, from which the caller re-embeds them when the product comes back (`returned`).
         report.views_removed = catalogue.remove_orphan_views()
-    if report.added and exists and not reindex:
+    if report.added and products_before is not None:
         added = {source.product_id for source, _ in plan.to_encode if source.relative in plan.new}
         report.returned = sorted(p for p in added - products_before if p and catalogue.has_product(p))
+
+
+def _build_index(catalogue: Catalogue, report: SyncReport, on_index: Callable[[int], object] | None) -> None:
     t = time.perf_counter()
     if on_index and (report.encoded or report.deleted):
         on_index(report.encoded)
     # Also when nothing changed: an index a full disk kept from being built gets built now (cheap when there is nothing to do).
     catalogue.build_index()
     report.stages["index"] = time.perf_counter() - t
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def _refuse_another_folder(catalogue: Catalogue, root: Path, indexed: dict[str, IndexedImage], scanned: Scan) -> None:
@@ -387,101 +435,136 @@ def _encode_all(
     """Stream the images to encode through the preparing workers into model batches and upserts.
 
     Workers (`indexer.prepare`: processes, or threads for small jobs) read, decode and prepare the
-    images in order. Batches go to the encoders' lanes (`Encoder.lanes`): on the CPU one
-    single-threaded forward per core, each on its own batch, while the workers prepare the next
-    images; points are upserted in order as their batches come back. `encode` sums the forwards'
-    wall time over the lanes, `encode_cpu` their threads' CPU time (all of an ONNX lane's, which
-    runs on its caller's thread).
+    images in order; full batches go to the model (`_ModelBatches`) while the workers prepare the next
+    images. Images that need no encoding after all (their hash still matches) or that failed are settled
+    as they come.
     """
     from indexer.encoders.exported import cpu_count
-    from indexer.prepare import PROCESSES_FROM, Job, Preparer, input_steps
+    from indexer.prepare import Job, Preparer, input_steps
 
-    stages = dict.fromkeys(("read", "decode", "colour", "preprocess", "encode", "encode_cpu", "upsert"), 0.0)
-    vector_names = [e.spec.vector for e in encoders]
+    batches = _ModelBatches(encoders, catalogue, plan, report, progress)
     batch_size = max((e.batch_size for e in encoders), default=32)
-    lanes = [encoder.lanes() for encoder in encoders]
-    count = min((len(lane) for lane in lanes), default=1)
-    free: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for lane in range(count):
-        free.put(lane)
     steps, portable = input_steps(encoders)
-    if processes is None:
-        processes = portable and len(plan.to_encode) >= PROCESSES_FROM
-    elif processes and not portable:
-        processes = False  # a model whose preprocessing only runs beside it (a processor we cannot write down)
+    processes = _prepare_in_processes(processes, portable, len(plan.to_encode))
+    workers = workers or cpu_count()
+    if plan.to_encode:
+        report.prepared_by = f"{workers} {'processes' if processes else 'threads'}"
     batch: list[tuple[SourceImage, Prepared]] = []
     started = time.perf_counter()
+    jobs = (Job(source.path, source.relative, known) for source, known in plan.to_encode)
+    sources = (source for source, _ in plan.to_encode)
+    with (
+        Preparer(steps, colours, workers=workers, processes=processes) as preparer,
+        ThreadPoolExecutor(max_workers=batches.lanes, thread_name_prefix="forward") as model,
+    ):
+        for source, item in zip(sources, preparer.map(jobs, window=4 * batch_size)):
+            batches.add_timings(item.timings)
+            if item.inputs is not None:
+                batch.append((source, item))
+                if len(batch) >= batch_size:
+                    batches.submit(model, batch)
+                    batch = []
+                    batches.collect(keep=batches.lanes)
+                continue
+            _settle_without_encoding(catalogue, source, item, report)
+            if progress:
+                progress(1)
+        if batch:
+            batches.submit(model, batch)
+        batches.collect(keep=0)
+    batches.stages["encode_wall"] = time.perf_counter() - started
+    report.stages.update(batches.stages)
 
-    def forward(items: list[tuple[SourceImage, Prepared]]) -> tuple[list[np.ndarray], float, float]:
-        lane = free.get()  # as many forwards at once as there are lanes, each lane on one thread
+
+def _prepare_in_processes(asked: bool | None, portable: bool, images: int) -> bool:
+    """Worker processes for a big job (threads for a small one) unless the caller chose; never for a model whose
+    preprocessing only runs beside it (a processor we cannot write down)."""
+    from indexer.prepare import PROCESSES_FROM
+
+    if asked is None:
+        return portable and images >= PROCESSES_FROM
+    return asked and portable
+
+
+def _settle_without_encoding(catalogue: Catalogue, source: SourceImage, item: Prepared, report: SyncReport) -> None:
+    """An image the workers sent back without model inputs: unchanged after all (its hash matched), or failed."""
+    if item.error is not None:
+        # Reported, and a point it had stays: a file unreadable this time (a glitch, a file being
+        # copied, a mount going away) must not lose its last good point. The next sync tries again.
+        report.failed.append((source.relative, item.error))
+    else:
+        catalogue.set_payload([point_id(source.relative)], _metadata_payload(source, item.sha256))
+        report.unchanged += 1
+
+
+class _ModelBatches:
+    """Batches on their way through the encoders' lanes (`Encoder.lanes`), upserted in the order they were sent.
+
+    On the CPU a lane is one single-threaded forward per core, each on its own batch; as many forwards run at
+    once as there are lanes. `encode` sums the forwards' wall time over the lanes, `encode_cpu` their threads'
+    CPU time (all of an ONNX lane's, which runs on its caller's thread).
+    """
+
+    def __init__(
+        self,
+        encoders: list[Encoder],
+        catalogue: Catalogue,
+        plan: _Plan,
+        report: SyncReport,
+        progress: Callable[[int], object] | None,
+    ) -> None:
+        self.stages = dict.fromkeys(("read", "decode", "colour", "preprocess", "encode", "encode_cpu", "upsert"), 0.0)
+        self._vector_names = [e.spec.vector for e in encoders]
+        self._embeds = [encoder.lanes() for encoder in encoders]
+        self.lanes = min((len(lane) for lane in self._embeds), default=1)
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for lane in range(self.lanes):
+            self._free.put(lane)
+        self._in_flight: deque = deque()  # (items, future) in order
+        self._catalogue, self._plan, self._report, self._progress = catalogue, plan, report, progress
+
+    def add_timings(self, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self.stages[stage] += seconds
+
+    def submit(self, model: ThreadPoolExecutor, items: list[tuple[SourceImage, Prepared]]) -> None:
+        self._in_flight.append((items, model.submit(self._forward, items)))
+
+    def collect(self, keep: int) -> None:
+        """Upsert the oldest batches until at most `keep` are still in flight."""
+        while len(self._in_flight) > keep:
+            items, future = self._in_flight.popleft()
+            self._store(items, *future.result())
+
+    def _forward(self, items: list[tuple[SourceImage, Prepared]]) -> tuple[list[np.ndarray], float, float]:
+        lane = self._free.get()  # each lane on one thread at a time
         try:
             t, cpu = time.perf_counter(), time.thread_time()
-            vectors = [embed[lane]([item.inputs[i] for _, item in items]) for i, embed in enumerate(lanes)]
+            vectors = [embed[lane]([item.inputs[i] for _, item in items]) for i, embed in enumerate(self._embeds)]
             return vectors, time.perf_counter() - t, time.thread_time() - cpu
         finally:
-            free.put(lane)
+            self._free.put(lane)
 
-    def store(items: list[tuple[SourceImage, Prepared]], vectors: list[np.ndarray], seconds: float, cpu: float) -> None:
+    def _store(self, items: list[tuple[SourceImage, Prepared]], vectors: list[np.ndarray], seconds: float, cpu: float) -> None:
         t = time.perf_counter()
-        catalogue.upsert(
+        self._catalogue.upsert(
             [
                 Point(
                     id=point_id(source.relative),
-                    vectors={name: vectors[i][row] for i, name in enumerate(vector_names)},
+                    vectors={name: vectors[i][row] for i, name in enumerate(self._vector_names)},
                     payload={**_metadata_payload(source, item.sha256), COLOUR: item.colour},
                 )
                 for row, (source, item) in enumerate(items)
             ]
         )
-        stages["encode"] += seconds
-        stages["encode_cpu"] += cpu
-        stages["upsert"] += time.perf_counter() - t
+        self.stages["encode"] += seconds
+        self.stages["encode_cpu"] += cpu
+        self.stages["upsert"] += time.perf_counter() - t
         for source, _ in items:
-            if source.relative in plan.new:
-                report.added += 1
+            if source.relative in self._plan.new:
+                self._report.added += 1
             else:
-                report.updated += 1
-        report.encoded += len(items)
-        if progress:
-            progress(len(items))
-
-    in_flight: deque = deque()  # (items, future) in order
-
-    def collect(keep: int) -> None:
-        while len(in_flight) > keep:
-            items, future = in_flight.popleft()
-            store(items, *future.result())
-
-    workers = workers or cpu_count()
-    if plan.to_encode:
-        report.prepared_by = f"{workers} {'processes' if processes else 'threads'}"
-    jobs = (Job(source.path, source.relative, known) for source, known in plan.to_encode)
-    sources = (source for source, _ in plan.to_encode)
-    with (
-        Preparer(steps, colours, workers=workers, processes=processes) as preparer,
-        ThreadPoolExecutor(max_workers=count, thread_name_prefix="forward") as model,
-    ):
-        for source, item in zip(sources, preparer.map(jobs, window=4 * batch_size)):
-            for stage, seconds in item.timings.items():
-                stages[stage] += seconds
-            if item.inputs is not None:
-                batch.append((source, item))
-                if len(batch) >= batch_size:
-                    in_flight.append((batch, model.submit(forward, batch)))
-                    batch = []
-                    collect(keep=count)
-                continue
-            if item.error is not None:
-                # Reported, and a point it had stays: a file unreadable this time (a glitch, a file being
-                # copied, a mount going away) must not lose its last good point. The next sync tries again.
-                report.failed.append((source.relative, item.error))
-            else:
-                catalogue.set_payload([point_id(source.relative)], _metadata_payload(source, item.sha256))
-                report.unchanged += 1
-            if progress:
-                progress(1)
-        if batch:
-            in_flight.append((batch, model.submit(forward, batch)))
-        collect(keep=0)
-    stages["encode_wall"] = time.perf_counter() - started
-    report.stages.update(stages)
+                self._report.updated += 1
+        self._report.encoded += len(items)
+        if self._progress:
+            self._progress(len(items))

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -18,8 +19,10 @@ import string
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -30,6 +33,48 @@ DATA = Path(__file__).parent / "data"
 
 # Nothing in the tests may reach a model hub: checkpoints are built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+T = TypeVar("T")
+
+
+def eventually(
+    condition: Callable[[], T],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    *,
+    awaited: str | None = None,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call `condition` every `interval` seconds until it returns something truthy, and return that.
+
+    Servers, watchers and processes change state on their own clock: a test waits for the state
+    it needs instead of sleeping a guessed time. Past `timeout` the test fails saying what it
+    awaited (`awaited`, or the condition's source line). Exceptions of the `ignoring` types count
+    as "not yet" (a server not listening yet); any other exception, an assertion included, fails
+    the test at once.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = condition()
+        except ignoring as exc:
+            value, last_error = None, exc
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    what = awaited or _source_of(condition)
+    detail = f" (last error: {last_error!r})" if last_error is not None else ""
+    pytest.fail(f"still waiting after {timeout:g} s for {what}{detail}", pytrace=False)
+
+
+def _source_of(condition: Callable) -> str:
+    try:
+        return inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return repr(condition)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -220,16 +265,16 @@ def unit_norms(points, vector: str) -> np.ndarray:
 
 
 def wait_ready(client, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         response = client.get("/readyz")
         if response.status_code == 200:
-            return
+            return True
         assert response.status_code == 503 and response.headers["Retry-After"]
         if "failed" in response.json()["reason"]:
             raise AssertionError(response.json()["reason"])
-        time.sleep(0.05)
-    raise AssertionError("the service did not become ready")
+        return False
+
+    eventually(ready, timeout=timeout, awaited="the service to become ready")
 
 
 @pytest.fixture
@@ -282,15 +327,13 @@ def wait_for_http(port: int, timeout: float = 120) -> None:
     """Until `search serve` on `port` answers /readyz with 200."""
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"search serve on port {port} did not become ready")
+    eventually(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200,
+        timeout=timeout,
+        interval=0.2,
+        ignoring=(httpx.TransportError,),
+        awaited=f"search serve on port {port} to become ready",
+    )
 
 
 @contextlib.contextmanager

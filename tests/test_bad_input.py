@@ -239,11 +239,10 @@ def test_sigterm_stops_a_sync_like_ctrl_c_and_it_resumes(tmp_path, store, tiny_c
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     import numpy as np
-    from conftest import studio_shot
+    from conftest import eventually, studio_shot
 
     dam = tmp_path / "many"
     rng = np.random.default_rng(3)
@@ -270,9 +269,7 @@ def test_sigterm_stops_a_sync_like_ctrl_c_and_it_resumes(tmp_path, store, tiny_c
         text=True,
     )
     pending = Path(store, "collections", "catalogue", "index.pending")  # appears with the first write
-    deadline = time.monotonic() + 120
-    while not pending.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: pending.exists() or process.poll() is not None, timeout=120, interval=0.01)
     process.send_signal(signal.SIGTERM)
     _out, err = process.communicate(timeout=120)
     assert process.returncode == 143

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import all_points, open_store, studio_shot
+import pytest
+from conftest import all_points, eventually, open_store, studio_shot
 
 from indexer.store import point_id
 
@@ -47,6 +48,7 @@ def assert_mirrors(store, expected: set[str]) -> None:
     assert all(p.id == point_id(p.payload["path"]) for p in points)
 
 
+@pytest.mark.slow
 def test_sync_killed_at_random_moments_converges(tmp_path, tiny_clip, cli):
     dam = tmp_path / "dam"
     rng = np.random.default_rng(0)
@@ -124,6 +126,7 @@ def test_sync_killed_while_building_the_index_converges(tmp_path, tiny_clip, cli
         assert_mirrors(store, {f"Q{i:03d}.png" for i in range(60)})
 
 
+@pytest.mark.slow
 def test_store_killed_mid_index_build_reopens_whole(tmp_path):
     """The engine's own index build (here 20,000 points, seconds of work) killed at random moments."""
     script = tmp_path / "build.py"
@@ -170,19 +173,21 @@ def test_preparing_processes_leave_with_a_sync_killed_9(tmp_path, tiny_clip):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    workers: set[int] = set()
-    deadline = time.monotonic() + 120
-    while len(workers) < 2 and time.monotonic() < deadline and process.poll() is None:
+
+    def two_workers() -> set[int]:
+        assert process.poll() is None, "the sync finished or failed before its workers could be seen"
         workers = {pid for pid in _children(process.pid) if b"multiprocessing.spawn" in _command_line(pid)}
-        time.sleep(0.1)
-    assert len(workers) == 2, "the sync finished or failed before its workers could be seen"
+        return workers if len(workers) >= 2 else set()
+
+    workers = eventually(two_workers, timeout=120, awaited="the sync's two preparing worker processes")
+    assert len(workers) == 2
     process.send_signal(signal.SIGKILL)
     process.wait()
-    deadline = time.monotonic() + 10
-    while workers and time.monotonic() < deadline:
-        workers = {pid for pid in workers if _alive(pid)}
-        time.sleep(0.1)
-    assert not workers, f"worker processes {sorted(workers)} outlived the killed sync"
+    eventually(
+        lambda: not any(_alive(pid) for pid in workers),
+        timeout=10,
+        awaited=f"worker processes {sorted(workers)} to leave with the killed sync",
+    )
 
 
 def _children(parent: int) -> set[int]:

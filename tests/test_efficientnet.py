@@ -16,6 +16,8 @@ from conftest import DATA
 
 from indexer.images import load_rgb
 
+pytestmark = pytest.mark.slow  # the real ImageNet weights
+
 CATALOGUE = sorted((DATA / "catalogue").glob("*.jpeg")) + sorted((DATA / "dam").glob("*.jpeg"))
 
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA G
 IMAGES = sorted((DATA / "dam").glob("*.jpeg"))
 
 
-@pytest.mark.parametrize("model", ["efficientnet-lite0", "tiny-clip"])
+@pytest.mark.parametrize("model", [pytest.param("efficientnet-lite0", marks=pytest.mark.slow), "tiny-clip"])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 def test_gpu_vectors_match_cpu_vectors(model, dtype, tiny_clip):
     from indexer.encoders import load_encoder

@@ -17,12 +17,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import DATA, eventually
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
@@ -110,16 +109,12 @@ def serving(store: Path, log: Path, env: dict | None = None, args: tuple[str, ..
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
+
+            def ready() -> bool:
                 assert process.poll() is None, f"search serve exited with {process.returncode}:\n{log.read_text()}"
-                assert time.monotonic() < deadline, f"search serve not ready after 120 s:\n{log.read_text()}"
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.25)
+                return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+
+            eventually(ready, timeout=120, interval=0.25, ignoring=(httpx.TransportError,), awaited=f"search serve at {base}")
             yield base
         finally:
             process.terminate()

@@ -51,7 +51,7 @@ def images() -> list[Image.Image]:
     return [load_rgb(path) for path in DAM]
 
 
-@pytest.mark.parametrize("pair", ["lite0_pair", "clip_pair"])
+@pytest.mark.parametrize("pair", [pytest.param("lite0_pair", marks=pytest.mark.slow), "clip_pair"])
 def test_exported_encoder_gives_torch_vectors(pair, images, request):
     torch_encoder, onnx_encoder = request.getfixturevalue(pair)
     assert isinstance(onnx_encoder, OnnxEncoder) and not isinstance(torch_encoder, OnnxEncoder)
@@ -68,6 +68,7 @@ def test_exported_encoder_gives_torch_vectors(pair, images, request):
     assert np.abs(ours - reference).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_lanes_run_at_once_and_give_the_encoders_vectors(lite0_pair, images):
     """A sync runs one single-threaded forward per core at once (`OnnxEncoder.lanes`): same vectors."""
     from concurrent.futures import ThreadPoolExecutor
@@ -164,7 +165,7 @@ def _run_isolated(code: str, **env: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("pair", ["lite0_pair", "clip_pair"])
+@pytest.mark.parametrize("pair", [pytest.param("lite0_pair", marks=pytest.mark.slow), "clip_pair"])
 def test_an_exported_encoder_runs_without_torch_or_transformers(pair, cache, request):
     torch_encoder, _ = request.getfixturevalue(pair)
     code = f"""

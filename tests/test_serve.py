@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import error_of, free_port, serve_holding, studio_shot, wait_for_http
+from conftest import error_of, eventually, free_port, serve_holding, studio_shot, wait_for_http
 from PIL import Image
 
 RED = Path("generated") / "RED-BAG.png"
@@ -177,6 +177,7 @@ def test_an_indexed_file_turned_into_a_link_out_of_the_dam_is_not_served(synced,
     assert client.get(f"/v1/images/{RED.as_posix()}").status_code == 404
 
 
+@pytest.mark.slow  # syncs with the real Lite0 weights
 def test_text_search_with_a_text_tower_and_400_without(cli, dam, store, clip_with_tokenizer, serve, tmp_path):
     assert cli("indexer", "sync", dam, "--model", clip_with_tokenizer, "--qdrant-path", store).exit_code == 0
     client = serve()
@@ -283,9 +284,7 @@ def test_concurrent_searches_share_model_forwards_and_agree_with_serial_ones(syn
 
 def test_not_ready_yet_and_failed_to_load_are_503(serve, tmp_path):
     client = serve(qdrant_path=str(tmp_path / "no-store"), ready=False)
-    deadline = time.monotonic() + 30
-    while client.service.failure is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: client.service.failure is not None)
     reason = client.get("/readyz").json()["reason"]
     assert reason.startswith("failed: no embedded store") and str(tmp_path) not in reason  # named, not located
     assert "not ready" in error_of(client.post("/v1/search", content=png(), headers={"Content-Type": "image/png"}), 503)
@@ -295,20 +294,11 @@ def test_not_ready_yet_and_failed_to_load_are_503(serve, tmp_path):
 def test_watch_makes_new_changed_and_deleted_images_searchable_within_seconds(synced, serve, dam):
     client = serve(watch=dam, watch_interval=0.2)
     studio_shot(dam / "NEW-ITEM.png", (250, 200, 0))
-
-    def until(condition, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.1)
-        return False
-
-    assert until(lambda: client.get("/v1/products/NEW-ITEM").status_code == 200)
+    eventually(lambda: client.get("/v1/products/NEW-ITEM").status_code == 200)
     found = client.post("/v1/search", files={"image": ("n.png", (dam / "NEW-ITEM.png").read_bytes())}).json()
     assert found["matches"][0]["product_id"] == "NEW-ITEM"
     (dam / "NEW-ITEM.png").unlink()
-    assert until(lambda: client.get("/v1/products/NEW-ITEM").status_code == 404)
+    eventually(lambda: client.get("/v1/products/NEW-ITEM").status_code == 404)
     assert client.get("/v1/info").json()["watch"]["deleted"] == 1
 
 
@@ -436,14 +426,14 @@ def test_serve_over_tls(synced, store, tmp_path):
         text=True,
     )
     try:
-        deadline, answer, last = time.monotonic() + 120, None, None
-        while time.monotonic() < deadline and answer is None:
-            try:
-                answer = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ssl.create_default_context(cafile=str(cert)))
-            except httpx.TransportError as exc:
-                last = exc
-                time.sleep(0.2)
-        assert answer is not None and answer.json() == {"status": "ok"}, repr(last)
+        answer = eventually(
+            lambda: httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ssl.create_default_context(cafile=str(cert))),
+            timeout=120,
+            interval=0.2,
+            ignoring=(httpx.TransportError,),
+            awaited="search serve to answer over TLS",
+        )
+        assert answer.json() == {"status": "ok"}
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/healthz")  # plain HTTP is not served
     finally:

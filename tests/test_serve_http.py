@@ -18,13 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import DATA, free_port, studio_shot, wait_for_http
+from conftest import DATA, eventually, free_port, studio_shot, wait_for_http
 from PIL import Image
 
 READ_TIMEOUT = 2  # seconds a body has to arrive (--read-timeout)
@@ -123,7 +122,7 @@ def stalled(server, length: int, sent: int, path: str = "/v1/search", kind: str 
     sock = connect(server)
     try:
         sock.sendall(head(path, length, kind) + b"\0" * sent)
-        wait_until(lambda: in_flight(server)["in_flight"] >= 1)
+        eventually(lambda: in_flight(server)["in_flight"] >= 1)
         yield sock
     finally:
         sock.close()
@@ -133,19 +132,12 @@ def in_flight(server) -> dict:
     return httpx.get(f"{server['base']}/v1/info", timeout=30).json()["uploads"]
 
 
-def wait_until(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def idle(server):
     """Each test starts and ends with no body in flight."""
-    wait_until(lambda: in_flight(server)["in_flight"] == 0)
+    eventually(lambda: in_flight(server)["in_flight"] == 0)
     yield server
-    wait_until(lambda: in_flight(server)["in_flight"] == 0)
+    eventually(lambda: in_flight(server)["in_flight"] == 0)
 
 
 def search(server, data: bytes, **params) -> httpx.Response:
@@ -178,7 +170,7 @@ def test_a_stalled_upload_is_cut_off_at_the_read_timeout(idle, path, kind):
 def test_a_full_queue_refuses_a_search_before_its_body_is_sent(idle):
     server = idle
     with stalled(server, 50_000, 10_000), stalled(server, 50_000, 10_000):  # the worker's place and the queue's
-        wait_until(lambda: in_flight(server)["in_flight"] == 2)
+        eventually(lambda: in_flight(server)["in_flight"] == 2)
         for path, kind in (("/v1/search", "image/png"), ("/v1/search/text", "application/json")):
             sock = connect(server)
             try:
@@ -188,7 +180,7 @@ def test_a_full_queue_refuses_a_search_before_its_body_is_sent(idle):
                 sock.close()
             assert status == 503 and headers["retry-after"] == "1" and "too many searches" in body["error"]
             assert headers["connection"] == "close" and closed
-    wait_until(lambda: in_flight(server)["in_flight"] == 0)  # the clients left: their places are free
+    eventually(lambda: in_flight(server)["in_flight"] == 0)  # the clients left: their places are free
     assert search(server, png()).status_code == 200
 
 
@@ -204,7 +196,7 @@ def test_the_upload_budget_refuses_the_next_upload_before_reading_it(idle):
             sock.close()
         assert status == 503 and headers["retry-after"] == "1" and "uploads in flight" in body["error"]
         assert search(server, png()).status_code == 200  # a small photo still fits beside it
-    wait_until(lambda: in_flight(server)["bytes"] == 0)
+    eventually(lambda: in_flight(server)["bytes"] == 0)
     big = png((600, 600)) + b"\0" * (MAX_UPLOAD - len(png((600, 600))) - 10)
     assert search(server, big).status_code == 200  # and once the stalled one left, a full-size one does
 
@@ -214,9 +206,9 @@ def test_a_client_that_drops_mid_upload_is_one_info_line(idle):
     for n, kind in enumerate(("image/png", MULTIPART)):
         sock = connect(server)
         sock.sendall(head("/v1/search", 500_000, kind, request_id=f"dropped-{n}") + OPENING[kind] + b"\0" * 200_000)
-        wait_until(lambda: in_flight(server)["in_flight"] == 1)
+        eventually(lambda: in_flight(server)["in_flight"] == 1)
         sock.close()
-    wait_until(lambda: in_flight(server)["in_flight"] == 0)
+    eventually(lambda: in_flight(server)["in_flight"] == 0)
     log = server["log"].read_text()
     assert "Traceback" not in log and "ERROR" not in log, log
     for n in range(2):
@@ -313,6 +305,7 @@ def test_no_answer_names_the_servers_folders(server, tmp_path, cli):
 # -- stopping --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # waits out the grace period
 def test_an_upload_cancelled_at_shutdown_is_one_line(tmp_path, store, synced):
     """uvicorn cancels what its grace period did not finish: that is one line in the log, not a traceback."""
     log = tmp_path / "serve.log"
@@ -339,7 +332,7 @@ def test_an_upload_cancelled_at_shutdown_is_one_line(tmp_path, store, synced):
         wait_for_http(port)
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(head("/v1/search", 500_000, request_id="stopping-1") + b"\0" * 100_000)
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/v1/info", timeout=30).json()["uploads"]["in_flight"] == 1)
+        eventually(lambda: httpx.get(f"http://127.0.0.1:{port}/v1/info", timeout=30).json()["uploads"]["in_flight"] == 1)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     finally:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_for_http
+from conftest import eventually, free_port, wait_for_http
 
 RED = Path("generated") / "RED-BAG.png"
 BURST = 80  # searches of at least 100 ms each, one at a time: longer than the 5 s grace
@@ -192,9 +192,8 @@ def test_a_stop_while_watch_indexes_a_new_store_ends_the_sync_and_the_next_one_f
     port = free_port()
     process = start(store, port, "--watch", str(dam), "--model", tiny_clip)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (Path(store) / "collections" / "catalogue").exists():
-            time.sleep(0.05)  # until the sync has made the collection and is writing to it
+        # until the sync has made the collection and is writing to it
+        eventually((Path(store) / "collections" / "catalogue").exists, timeout=120)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 503  # still indexing
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=STOP_DEADLINE)
