@@ -184,6 +184,22 @@ def test_a_full_queue_refuses_a_search_before_its_body_is_sent(idle):
     assert search(server, png()).status_code == 200
 
 
+def test_a_client_still_sending_when_it_is_refused_reads_the_answer(idle):
+    """A refusal goes out before the body is read; a client that keeps sending (as a browser does) must still
+    read it: the server discards the rest for a while instead of resetting the connection under it."""
+    server = idle
+    too_big = 3 * MAX_UPLOAD  # refused (413) on its Content-Length, before a byte of it is read
+    sock = connect(server)
+    try:
+        sock.sendall(head("/v1/search", too_big))
+        for _ in range(too_big // 65536):
+            sock.sendall(b"\0" * 65536)  # the whole body, as a client that does not look at early answers
+        status, headers, body, _closed = answer(sock)
+    finally:
+        sock.close()
+    assert status == 413 and "larger than" in body["error"] and headers["connection"] == "close"
+
+
 def test_the_upload_budget_refuses_the_next_upload_before_reading_it(idle):
     server = idle
     with stalled(server, MAX_UPLOAD, MAX_UPLOAD // 2):  # holds MAX_UPLOAD of the 1.5 MB budget

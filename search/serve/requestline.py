@@ -19,6 +19,12 @@ from search.serve import bodies
 from search.serve.errors import error_response
 
 log = logging.getLogger("catalogue.serve")
+#: How long a connection whose request body was not read stays open after its answer while the client is
+#: still sending (at most, and with no more than LINGER_IDLE_SECONDS between two pieces): closing on unread
+#: data resets the connection, and a browser then loses the answer, showing a network error instead of
+#: the reason. A client that sends nothing more is not waited for.
+LINGER_SECONDS = 5.0
+LINGER_IDLE_SECONDS = 0.5
 
 
 class RequestLine:
@@ -26,7 +32,8 @@ class RequestLine:
     cancelled while the server stops, and a failure of ours, and can still answer
     each with one line of JSON and log one line (a traceback only for a failure
     of ours). A response sent before its request's body was read closes the
-    connection: the rest of the body is never read."""
+    connection once sent, after at most LINGER_SECONDS of discarding what the
+    client still sends: the rest of the body is never kept."""
 
     def __init__(self, app):
         self.app = app
@@ -64,6 +71,10 @@ class RequestLine:
                     headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
                 if unread:
                     headers["Connection"] = "close"
+            elif message["type"] == "http.response.body" and unread and not message.get("more_body", False):
+                await send({**message, "more_body": True})  # the whole answer (its length is known) goes now
+                await _discard_body(receive)
+                message = {"type": "http.response.body", "body": b""}  # ...and the connection closes after this
             await send(message)
 
         async def answer(code: int, message: str, headers: dict | None = None) -> None:
@@ -75,11 +86,23 @@ class RequestLine:
             await self.app(scope, receive_body, send_headed)
         except asyncio.CancelledError:  # the server stops: uvicorn cancels what its grace period did not finish
             request.state.note = "cancelled: the server is stopping"
+            unread = False  # answer and close at once: no lingering while the server stops
             await answer(503, "the server is stopping; retry in a moment", {"Retry-After": "2"})
         except Exception:
             log.exception("%s internal error", request_id)
             await answer(500, "internal error; the server log has the details under this request id")
         _log_line(request, status, started)
+
+
+async def _discard_body(receive) -> None:
+    """Read and drop what the client still sends of its body, while it keeps sending (LINGER_*)."""
+    deadline = asyncio.get_running_loop().time() + LINGER_SECONDS
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):  # cancelled: the server stops, no lingering
+        while True:
+            left = min(deadline - asyncio.get_running_loop().time(), LINGER_IDLE_SECONDS)
+            message = await asyncio.wait_for(receive(), max(left, 0.0))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
 
 
 def _log_line(request: Request, status: int | None, started: float) -> None:
