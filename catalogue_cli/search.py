@@ -22,6 +22,7 @@ from catalogue_cli.options import (
 from catalogue_cli.output import emit_json, progress_bar, table
 from catalogue_cli.serve import serve
 from catalogue_cli.stores import catalogue_or_server, open_catalogue, searcher
+from indexer import settings
 from indexer.errors import EXIT_PARTIAL, BadInputError
 
 
@@ -67,6 +68,7 @@ def image(photos, options, model: ModelOptions, locate: LocateOptions, store: St
     is, 4 store unavailable, 5 model mismatch.
     """
     from catalogue_cli.output import process_age
+    from search.cards import with_cards
 
     started, t0 = process_age(), time.perf_counter()
     missing = [p for p in photos if not p.is_file()]
@@ -89,7 +91,8 @@ def image(photos, options, model: ModelOptions, locate: LocateOptions, store: St
             except BadInputError as exc:
                 click.echo(f"Error: {exc}", err=True)
                 failures += 1
-        _print_results([r.to_dict() for r in found], options, as_json, multiple=len(photos) > 1)
+        answers = [with_cards(r.to_dict(), catalogue, settings.get("display")) for r in found]  # as `search serve` answers
+        _print_results(answers, options, as_json, multiple=len(photos) > 1)
         if verbose:
             _print_timings(found, started, t0, t1, t2)
     if failures:
@@ -98,7 +101,6 @@ def image(photos, options, model: ModelOptions, locate: LocateOptions, store: St
 
 def _search_remotely(server: dict, photos, options, locate: LocateOptions) -> tuple[list[dict], int]:
     """Each photo through the running `search serve`; a bad photo is one line, the others still answered."""
-    from indexer import settings
     from search.serve import handoff
 
     query = handoff.query_of(options, locate.localiser)
@@ -198,7 +200,9 @@ def text(text: str, options, model: ModelOptions, store: StoreOptions, as_json: 
     encoder = load_text_encoder(pipeline.specs[index].model, device=model.device) if index is not None else None
     result = pipeline.search_text(text.strip(), options, encoder)
     if as_json:
-        emit_json(result.to_dict())
+        from search.cards import with_cards
+
+        emit_json(with_cards(result.to_dict(), pipeline.catalogue, settings.get("display")))
         return
     matches = result.matches
     if not matches:

@@ -18,6 +18,7 @@ from catalogue_cli.options import (
     option_group,
     store_options,
 )
+from indexer import settings
 from search.serve.config import ServeConfig
 
 
@@ -28,6 +29,15 @@ def _serving(**values) -> dict:
     values["batch_wait"] = values.pop("batch_wait_ms") / 1000
     values["cors_origins"] = tuple(values["cors_origins"])
     return {field: value for field, value in values.items() if value is not None}
+
+
+class FieldNames(click.ParamType):
+    """FIELD,... as a tuple of names (a setting's default arrives parsed already)."""
+
+    name = "FIELD,..."
+
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, tuple) else settings.names(value)
 
 
 def _limit(name: str, setting: str, kind: click.ParamType, help_text: str) -> click.Option:
@@ -90,6 +100,14 @@ serve_options = option_group(
         ),
         click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate (PEM)."),
         click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key (PEM)."),
+        click.option(
+            "--display",
+            cls=SettingOption,
+            setting="display",
+            shown="a name column, then category, colour, material, price",
+            type=FieldNames(),
+            help="Manifest fields on each card (and each match's `display`), the first as the title; `category` too.",
+        ),
         click.option(
             "--watch",
             type=click.Path(path_type=Path, file_okay=False),

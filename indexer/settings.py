@@ -81,6 +81,11 @@ def choice(*values: str) -> Callable[[str], str]:
     return parse
 
 
+def names(value: str) -> tuple[str, ...]:
+    """A comma-separated list of names (blanks dropped), in order, each once."""
+    return tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+
+
 def device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
         raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
@@ -169,6 +174,13 @@ SETTINGS: dict[str, Setting] = {
             number(0.1, 30, 3600),
             30.0,
             "seconds a client has to send a whole request body",
+        ),
+        Setting(
+            "display",
+            "CATALOGUE_DISPLAY",
+            names,
+            (),
+            "the manifest fields on the page's cards, the first as the title (none: the default rule)",
         ),
         Setting("api_key", "CATALOGUE_API_KEY", text, None, "the key every /v1/ route asks for", secret=True),
         Setting("feedback_key", "CATALOGUE_FEEDBACK_KEY", text, None, "the key /v1/feedback asks for", secret=True),

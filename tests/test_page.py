@@ -186,7 +186,7 @@ def test_a_store_photo_names_its_product_with_a_box_and_cards(server, browser, a
 
     cards = browser.execute_script("""
         return [...document.querySelectorAll('#results .card')].map(c => ({
-            id: c.querySelector('.product-id').textContent, category: c.querySelector('.category').textContent,
+            id: c.querySelector('.product-id').textContent, category: c.querySelector('[data-field=category] dd')?.textContent,
             score: c.querySelector('.score').textContent,
             swatch: c.querySelector('.swatch') && getComputedStyle(c.querySelector('.swatch')).backgroundColor}));""")
     assert [c["id"] for c in cards] == [m["product_id"] for m in answer["matches"]]  # the page shows the API's answer
@@ -260,7 +260,9 @@ def test_the_category_filter_comes_from_the_collection_and_filters(server, brows
     clear_results(browser)
     Select(browser.find_element("id", "category")).select_by_value("W Bags")  # searches the photo again
     wait_for_results(browser)
-    categories = browser.execute_script("return [...document.querySelectorAll('#results .category')].map(e => e.textContent)")
+    categories = browser.execute_script(
+        "return [...document.querySelectorAll('#results [data-field=category] dd')].map(e => e.textContent)"
+    )
     assert categories and set(categories) == {"W Bags"}
     assert EXPECTED not in browser.execute_script("return document.getElementById('results').textContent")
 
@@ -491,7 +493,7 @@ def test_picking_another_product_by_id_saves_a_correction_on_a_phone(server, bro
         field.send_keys(OTHER.lower(), Keys.ENTER)  # typed in lower case: found in capitals
         picked = until(browser, "return document.querySelector('.picks .card')")
         assert picked.find_element("css selector", ".product-id").text == OTHER
-        assert picked.find_element("css selector", ".category").text == "W Bags"
+        assert picked.find_element("css selector", "[data-field=category] dd").text == "W Bags"
         product = httpx_get(server, f"/v1/products/{OTHER}")
         swatch = picked.find_element("css selector", ".colour span:last-child").text
         assert swatch == product["images"][0]["colour"]["hex"]
@@ -548,6 +550,124 @@ def test_a_server_that_refuses_feedback_says_why(stores, browser, tmp_path):
         assert error.get_attribute("role") == "alert" and "error" in error.get_attribute("class")
         assert not browser.find_element("id", "feedback-key-form").is_displayed()
         assert card_of(browser, EXPECTED).find_element("css selector", "button.this-one").get_attribute("aria-pressed") == "false"
+
+
+# -- cards staff can read: the manifest's fields, chosen with --display / CATALOGUE_DISPLAY ----------
+
+SHOWN = "KCQ858SBXS70K"  # the product searched below: its own catalogue image, so it comes first
+MARKUP = 'Ankle boot <img src=x onerror="window.injected=1"><script>window.injected=2</script>'
+LONG = "Calfskin" + "andsuede" * 24  # one long word, no hyphen or space: it must still wrap, not widen the card
+DISPLAY = "Name,colour,material,price,category"
+
+
+@pytest.fixture(scope="module")
+def card_stores(tiny_clip, tmp_path_factory) -> tuple[Path, Path]:
+    """The test DAM synced with the tiny CLIP twice: with a manifest of names, colours, materials, prices
+    (SHOWN's name carries markup, its material is long, its price is missing), and without one."""
+    import csv
+
+    from click.testing import CliRunner
+
+    from catalogue_cli.indexer import main as indexer
+
+    root = tmp_path_factory.mktemp("cards")
+    manifest = root / "products.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["product_id", "category", "Name", "colour", "material", "price"])
+        for image in sorted((DATA / "dam").glob("*.jpeg")):
+            product = image.stem
+            row = (MARKUP, "Black", LONG, "") if product == SHOWN else (f"Bag {product.lower()}", "Brown", "Leather", "390 €")
+            writer.writerow([product, "W Bags", *row])
+    stores = []
+    for name, extra in (("named", ["--manifest", str(manifest)]), ("plain", [])):
+        store = root / name
+        args = ["sync", str(DATA / "dam"), "--model", tiny_clip, "--qdrant-path", str(store), "--quiet", *extra]
+        result = CliRunner().invoke(indexer, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        stores.append(store)
+    return stores[0], stores[1]
+
+
+def test_cards_show_the_chosen_fields_as_text_and_wrap_on_a_phone(card_stores, browser, artefacts, tmp_path):
+    env = {"CATALOGUE_DISPLAY": DISPLAY}
+    with serving(card_stores[0], tmp_path / "serve.log", env=env, args=("--locate", "none")) as base:
+        answer = api_search(base, DATA / "dam" / f"{SHOWN}.jpeg")
+        assert answer["matches"][0]["display"]["title"] == MARKUP
+        browser.set_window_size(360, 740)
+        try:
+            open_card_page(browser, base)
+            search_photo(browser, DATA / "dam" / f"{SHOWN}.jpeg", field="camera")
+            first = browser.execute_script("""
+                const c = document.querySelector('#results .card');
+                const size = (s) => parseFloat(getComputedStyle(c.querySelector(s)).fontSize);
+                return {title: c.querySelector('.title').textContent, code: c.querySelector('.product-id.code').textContent,
+                    smaller: size('.product-id.code') < size('.title'),
+                    fields: [...c.querySelectorAll('.fields > div')].map(d => [d.dataset.field,
+                        d.querySelector('dt').textContent, d.querySelector('dd').textContent])};""")
+            assert first == {
+                "title": MARKUP,  # the markup is shown as text ...
+                "code": SHOWN,  # ... the product code stays, smaller
+                "smaller": True,
+                "fields": [["colour", "Colour", "Black"], ["material", "Material", LONG], ["category", "Category", "W Bags"]],
+            }  # no price: the product has none, so no empty "Price" row
+            # ... and nothing it carries became an element or ran.
+            assert browser.execute_script(
+                "return [document.querySelectorAll('#results script, #results img[src=\"x\"]').length, window.injected]"
+            ) == [0, None]
+            assert browser.find_element("css selector", "#results .card .product-id.code").is_displayed()
+            others = browser.execute_script(
+                "return [...document.querySelectorAll('#results .card .title')].map(t => t.textContent)"
+            )
+            assert len(others) == 5 and all(t.startswith("Bag ") for t in others[1:])
+            text = browser.find_element("id", "results").text
+            assert "undefined" not in text and "null" not in text and "No category" not in text
+            assert_nothing_overflows(browser, 360)
+            screenshot(browser, artefacts / "page-cards-phone.png")
+        finally:
+            browser.set_window_size(1280, 1000)
+
+
+def test_cards_without_a_manifest_show_the_product_code_as_title(card_stores, browser, artefacts, tmp_path):
+    with serving(card_stores[1], tmp_path / "serve.log", args=("--locate", "none")) as base:
+        browser.set_window_size(360, 740)
+        try:
+            open_card_page(browser, base)
+            search_photo(browser, DATA / "dam" / f"{SHOWN}.jpeg", field="camera")
+            cards = browser.execute_script("""
+                return [...document.querySelectorAll('#results .card')].map(c => ({
+                    title: c.querySelector('.title').textContent, code: c.querySelectorAll('.product-id').length,
+                    fields: c.querySelectorAll('.fields').length}));""")
+            assert cards[0] == {"title": SHOWN, "code": 1, "fields": 0}  # the code is the title, shown once
+            assert all(c["code"] == 1 and c["fields"] == 0 for c in cards)
+            assert "No category" not in browser.find_element("id", "results").text
+            assert_nothing_overflows(browser, 360)
+            screenshot(browser, artefacts / "page-cards-no-manifest.png")
+        finally:
+            browser.set_window_size(1280, 1000)
+
+
+def open_card_page(browser, base: str) -> None:
+    """The page once /v1/info answered (a store without a manifest has no categories to wait for)."""
+    browser.get(f"{base}/")
+    until(browser, "return document.getElementById('about').textContent.includes('in the catalogue')")
+
+
+def assert_nothing_overflows(browser, width: int) -> None:
+    """No horizontal scroll, and no element of a card wider than its card or sticking out of it."""
+    overflowing = browser.execute_script("""
+        const bad = [];
+        for (const card of document.querySelectorAll('#results .card')) {
+            const edge = card.getBoundingClientRect();
+            for (const e of [card, ...card.querySelectorAll('*')]) {
+                const r = e.getBoundingClientRect();
+                if (e.scrollWidth > e.clientWidth + 1 || r.left < edge.left - 0.5 || r.right > edge.right + 0.5)
+                    bad.push(e.className || e.tagName);
+            }
+        }
+        return bad;""")
+    assert overflowing == []
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= width
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class ServeConfig:
     model_loading: dict = field(default_factory=dict)  # device, runtime, cache_dir
     locate: str = "centre"
     detector_options: dict = field(default_factory=dict)
+    display: tuple[str, ...] = _setting("display")  # manifest fields on each card, the first as the title (cards.py)
     # Searches: a bounded pool, their forwards batched together.
     workers: int = _setting("workers")
     queue: int = _setting("queue")

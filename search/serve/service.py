@@ -266,10 +266,16 @@ class Service:
 
     def search_upload(self, data: bytes, name: str, options: SearchOptions, locate: str | None) -> dict:
         result = self.searcher.search_bytes_or_path(data, options, query=name, locate=locate)
-        return result.to_dict()
+        return self._with_cards(result.to_dict())
 
     def search_text(self, text: str, options: SearchOptions) -> dict:
-        return self.searcher.search_text(text, options, self._text()).to_dict()
+        return self._with_cards(self.searcher.search_text(text, options, self._text()).to_dict())
+
+    def _with_cards(self, answer: dict) -> dict:
+        """Each match with what its card shows (`--display`): the ranking itself never reads manifest fields."""
+        from search.cards import with_cards
+
+        return with_cards(answer, self.searcher.catalogue, self.config.display)
 
     def has_text(self) -> bool:
         return self.searcher is not None and self.searcher.text_model() is not None
@@ -291,6 +297,7 @@ class Service:
     def product(self, product_id: str) -> dict | None:
         """A product's payload, its catalogue images and its store views (newest first)."""
         from indexer.colour import lab_to_hex
+        from search.cards import card
 
         catalogue = self.searcher.catalogue
         points = catalogue.scroll((PATH, CATEGORY, META, COLOUR, SOURCE, FEEDBACK), ((PRODUCT_ID, product_id),))
@@ -316,6 +323,7 @@ class Service:
             "product_id": product_id,
             "category": first.get(CATEGORY),
             "meta": first.get(META) or {},
+            "display": card(product_id, first.get(CATEGORY), first.get(META), self.config.display),
             "images": [describe(pid, payload) for pid, payload in images],
             "store_views": [{**describe(pid, payload), "feedback": payload.get(FEEDBACK)} for pid, payload in views],
         }

@@ -115,7 +115,7 @@
         const product = await (await api(`/v1/products?${new URLSearchParams({ product_id: candidate })}`)).json();
         const image = product.images[0] || {};
         return {
-          product_id: product.product_id, category: product.category, point_id: image.point_id,
+          product_id: product.product_id, category: product.category, display: product.display, point_id: image.point_id,
           colour: image.colour, source: "catalogue",
         };
       } catch (error) {
@@ -278,14 +278,13 @@
   /** A product card; with `answer` (a located product of a photo), it has a "This one" button. */
   function card(match, answer = null) {
     const store = match.source === "store";
+    const shown = shownFields(match);
     const img = make("img", {
-      alt: `${store ? "Store photo" : "Catalogue image"} of ${match.product_id}`, loading: "lazy", width: 96, height: 96,
+      alt: `${store ? "Store photo" : "Catalogue image"} of ${shown.title}`, loading: "lazy", width: 96, height: 96,
     });
     if (match.point_id) setImage(img, `/v1/images/${encodeURIComponent(match.point_id)}`);
     else img.classList.add("missing");
-    const details = make("div", { className: "details" },
-      make("span", { className: "product-id", textContent: match.product_id }),
-      make("span", { className: "category", textContent: match.category || "No category" }));
+    const details = make("div", { className: "details" }, ...cardText(match.product_id, shown));
     if (store) {
       details.append(make("span", {
         className: "badge", textContent: "store photo", title: "Matched through a store photo that staff confirmed",
@@ -314,6 +313,29 @@
     item.append(img, details);
     return item;
   }
+
+  /** What the card says: the server's `display` (its --display fields), else the product code and category. */
+  function shownFields(match) {
+    if (match.display && match.display.title) return match.display;
+    return { title: match.product_id, fields: match.category ? [{ name: "category", value: match.category }] : [] };
+  }
+
+  /** The title, the product code (smaller, unless it is the title) and the fields as "Label: value"; all as text. */
+  function cardText(productId, shown) {
+    const same = shown.title === productId;
+    const parts = [make("span", { className: same ? "title product-id" : "title", textContent: shown.title })];
+    if (!same) parts.push(make("span", { className: "product-id code", textContent: productId }));
+    if (shown.fields.length) {
+      parts.push(make("dl", { className: "fields" }, ...shown.fields.map(({ name, value }) => {
+        const row = make("div", {}, make("dt", { textContent: label(name) }), make("dd", { textContent: value }));
+        row.dataset.field = name;
+        return row;
+      })));
+    }
+    return parts;
+  }
+
+  const label = (name) => capitalise(name.replace(/[_-]+/g, " ").trim());
 
   // -- answers: confirm, not in the catalogue, pick another product, undo ---------------------------
 
