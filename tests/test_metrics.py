@@ -84,6 +84,29 @@ def eventually_counted(client, name: str) -> dict:
     return eventually(counted, awaited=name)
 
 
+def test_a_watch_pass_shows_its_duration_its_images_and_the_new_counts(synced, serve, dam):
+    from conftest import eventually, studio_shot
+
+    studio_shot(dam / "NEW-ITEM.png", (250, 200, 0))  # changed before the server starts: its first pass has them all
+    studio_shot(dam / "OTHER-ITEM.png", (0, 200, 250))
+    (dam / RED).unlink()
+    client = serve(watch=dam, watch_interval=0.2)
+
+    def passed() -> dict | None:
+        samples = scrape(client)
+        return samples if value(samples, "catalogue_last_sync_files", outcome="deleted") == 1 else None
+
+    samples = eventually(passed, awaited="a watch pass that deleted RED-BAG")
+    assert value(samples, "catalogue_last_sync_files", outcome="added") == 2
+    assert value(samples, "catalogue_last_sync_files", outcome="updated") == 0
+    assert value(samples, "catalogue_last_sync_files", outcome="failed") == 0
+    assert value(samples, "catalogue_last_sync_seconds") > 0
+    assert value(samples, "catalogue_last_sync_timestamp_seconds") > client.service.started
+    assert value(samples, "catalogue_watch_errors_total") == 0
+    points = synced["added"] + 1  # two images in, one out
+    eventually(lambda: value(scrape(client), "catalogue_collection_points", collection="catalogue") == points)
+
+
 def test_a_route_is_counted_by_its_template_not_its_path(synced, serve):
     client = serve()
     for product in ("P1", "P2", "P3"):
