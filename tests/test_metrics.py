@@ -61,6 +61,7 @@ def test_a_scrape_after_real_searches_shows_requests_stages_queue_batches_and_th
     assert 0 < value(samples, "catalogue_collection_products", collection="catalogue") <= images
     assert value(samples, "catalogue_store_views", collection="catalogue") == 0
     assert value(samples, "catalogue_feedback_entries", collection="catalogue") == 0
+    assert not [key for key in samples if key[0].startswith("catalogue_last_sync")]  # no --watch: no pass to show
 
     product = answers[0].json()["matches"][0]["product_id"]
     recorded = client.post("/v1/feedback", params={"product_id": product}, files=photo(dam))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 
 #: The search stages `Searcher` times (its `timings`) that are observed; the sums (features, total) are not.
@@ -28,9 +28,12 @@ class Metrics:
     """The service's metrics. `in_flight()` gives (running, waiting) searches, read at each scrape."""
 
     def __init__(self, *, admitted: int, in_flight: Callable[[], tuple[int, int]]):
+        disable_created_metrics()  # a `_created` twin of every series doubles a scrape and no alert reads it
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # memory, CPU, open files of this process
         self.registry.register(_InFlight(admitted, in_flight))
+        self.last_sync = _LastSync()
+        self.registry.register(self.last_sync)
 
         def metric(kind, name: str, help_text: str, labels=(), **options):
             return kind(name, help_text, labels, registry=self.registry, **options)
@@ -49,9 +52,6 @@ class Metrics:
         self.products = metric(Gauge, "catalogue_collection_products", "Products of the collection.", ("collection",))
         self.store_views = metric(Gauge, "catalogue_store_views", "Confirmed store photos searched.", ("collection",))
         self.feedback = metric(Gauge, "catalogue_feedback_entries", "Entries of the feedback log.", ("collection",))
-        self.sync_seconds = metric(Gauge, "catalogue_last_sync_seconds", "Duration of the last sync or watch pass.")
-        self.sync_files = metric(Gauge, "catalogue_last_sync_files", "Images of the last sync or watch pass.", ("outcome",))
-        self.sync_time = metric(Gauge, "catalogue_last_sync_timestamp_seconds", "When the last sync or watch pass ended.")
         self.watch_errors = metric(Counter, "catalogue_watch_errors", "Watch passes that failed or were refused.")
         for reason in REFUSALS:  # every reason shows from the start, at 0: a rate needs a first sample
             self.refusals.labels(reason)
@@ -74,10 +74,7 @@ class Metrics:
 
     def synced(self, state: dict) -> None:
         """The last sync or watch pass, as `Service.watch_state` holds it."""
-        self.sync_seconds.set(state["seconds"])
-        self.sync_time.set(state["last_sync"])
-        for outcome in SYNC_OUTCOMES:
-            self.sync_files.labels(outcome).set(state[outcome])
+        self.last_sync.state = dict(state)
 
     def exposition(self, accept: str) -> tuple[bytes, str]:
         """The metrics in the format an `Accept` header asks for, and its content type."""
@@ -101,6 +98,26 @@ class _InFlight:
         searches.add_metric(["waiting"], max(0, waiting))
         yield searches
         yield GaugeMetricFamily("catalogue_searches_admitted_max", "Most searches running and waiting.", value=self.admitted)
+
+
+class _LastSync:
+    """The last sync or watch pass; nothing before the first (a server without --watch has none)."""
+
+    def __init__(self):
+        self.state: dict | None = None
+
+    def collect(self):
+        state = self.state
+        if state is None:
+            return
+        yield GaugeMetricFamily("catalogue_last_sync_seconds", "Duration of the last sync or watch pass.", state["seconds"])
+        files = GaugeMetricFamily("catalogue_last_sync_files", "Images of the last sync or watch pass.", labels=["outcome"])
+        for outcome in SYNC_OUTCOMES:
+            files.add_metric([outcome], state[outcome])
+        yield files
+        yield GaugeMetricFamily(
+            "catalogue_last_sync_timestamp_seconds", "When the last sync or watch pass ended.", state["last_sync"]
+        )
 
 
 def count_refusals(app, metrics: Metrics) -> None:
