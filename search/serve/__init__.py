@@ -6,6 +6,7 @@
 - `app.py`: `create_app`, the FastAPI app put together from the routers in `routes/` (one per area),
   the shared `dependencies.py` (service, keys, body gate), `errors.py` (one line of JSON) and
   `requestline.py` (request id, one log line per request); `uploads.py` reads a request's photo.
+- `metrics.py`: `Metrics`, what GET /metrics shows (Prometheus), one registry per service.
 - `bodies.py`: request bodies admitted before they are read, read under a deadline, bounded.
 - `handoff.py`: a command-line search or feedback asks the server that holds the embedded store.
 - `static/`: the page (plain HTML, CSS and JavaScript: no build step, no CDN).
