@@ -136,6 +136,32 @@ def test_refusals_are_counted_by_reason(synced, serve, dam, tmp_path):
     assert value(samples, "catalogue_refusals_total", reason="not_ready") == 0  # each app counts its own
 
 
+def test_a_full_pool_and_a_spent_upload_budget_are_counted_apart(synced, serve, dam):
+    import threading
+
+    from starlette.requests import Request
+
+    client = serve(workers=1, queue=1, upload_budget_mb=0.05)
+    budget = client.app.state.gate.budget
+    upload = Request({"type": "http", "headers": [(b"content-length", str(budget).encode())]})
+    with client.app.state.gate.admit(upload, budget):  # another upload holds the whole budget
+        assert "uploads in flight" in error_of(client.post("/v1/search", files=photo(dam)), 503)
+
+    release = threading.Event()
+    held = [client.service.submit(release.wait, 30) for _ in range(2)]  # one running, one waiting: the pool is full
+    try:
+        assert "too many searches" in error_of(client.post("/v1/search", files=photo(dam)), 503)
+        samples = scrape(client)
+    finally:
+        release.set()
+    assert [answer.result(timeout=30) for answer in held] == [True, True]
+    assert value(samples, "catalogue_searches", state="running") == 1
+    assert value(samples, "catalogue_searches", state="waiting") == 1
+    assert value(samples, "catalogue_refusals_total", reason="upload_budget") == 1
+    assert value(samples, "catalogue_refusals_total", reason="busy") == 1
+    assert value(samples, "catalogue_requests_total", method="POST", route="/v1/search", status="503") == 2
+
+
 def unloaded(tmp_path, **config):
     """A TestClient over an app whose service never loads (no lifespan)."""
     from fastapi.testclient import TestClient
