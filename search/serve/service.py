@@ -408,7 +408,7 @@ class Service:
         catalogue = self.searcher.catalogue
         try:
             counts = {"points": catalogue.count(), "store_views": catalogue.count(STORE_VIEWS), "feedback": len(self.views.log)}
-        except CatalogueError as exc:
+        except Exception as exc:  # noqa: BLE001 - a count never fails the feedback or the pass it follows
             log.warning("cannot count the collection: %s", exc)
             return
         self.metrics.counted(self.config.collection, products=self._products, **counts)
