@@ -98,6 +98,12 @@ serve_options = option_group(
             metavar="ORIGIN",
             help="Allow pages from this origin to call the API (off by default). Repeatable.",
         ),
+        _limit(
+            "--log-format",
+            "log_format",
+            click.Choice(["text", "json"]),
+            "json: each log line, and each request's line, is one JSON object (for a log shipper).",
+        ),
         click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate (PEM)."),
         click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key (PEM)."),
         click.option(
@@ -139,7 +145,8 @@ def serve(serving: dict, model: ModelOptions, locate: LocateOptions, max_delete,
     'Authorization: Bearer KEY'); the page asks for the key once. Staff
     confirmations (POST /v1/feedback: each becomes a store view that later
     searches match) take CATALOGUE_FEEDBACK_KEY when set, else the API key;
-    with neither, only a server on loopback accepts them.
+    with neither, only a server on loopback accepts them. GET /metrics is
+    for Prometheus: CATALOGUE_METRICS_KEY when set, else the API key.
 
     \b
     Examples:

@@ -184,6 +184,8 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("api_key", "CATALOGUE_API_KEY", text, None, "the key every /v1/ route asks for", secret=True),
         Setting("feedback_key", "CATALOGUE_FEEDBACK_KEY", text, None, "the key /v1/feedback asks for", secret=True),
+        Setting("metrics_key", "CATALOGUE_METRICS_KEY", text, None, "the key /metrics asks for", secret=True),
+        Setting("log_format", "CATALOGUE_LOG_FORMAT", choice("text", "json"), "text", "search serve's log lines"),
     )
 }
 

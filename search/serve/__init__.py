@@ -6,6 +6,7 @@
 - `app.py`: `create_app`, the FastAPI app put together from the routers in `routes/` (one per area),
   the shared `dependencies.py` (service, keys, body gate), `errors.py` (one line of JSON) and
   `requestline.py` (request id, one log line per request); `uploads.py` reads a request's photo.
+- `metrics.py`: `Metrics`, what GET /metrics shows (Prometheus), one registry per service.
 - `bodies.py`: request bodies admitted before they are read, read under a deadline, bounded.
 - `handoff.py`: a command-line search or feedback asks the server that holds the embedded store.
 - `static/`: the page (plain HTML, CSS and JavaScript: no build step, no CDN).
@@ -37,10 +38,11 @@ __all__ = ["ServeConfig", "run"]
 def run(config: ServeConfig) -> int:
     """Serve until interrupted; the exit code (the loading error's, when the models or store cannot load)."""
     from search.serve.app import create_app
+    from search.serve.requestline import configure_logging
     from search.serve.service import Service
 
     listener = _listen(config.host, config.port)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    configure_logging(config.log_format)
     _warn_if_key_in_clear(config)
     service = Service(dataclasses.replace(config, url=_local_url(config)))
     server = _server(create_app(service), service)
@@ -105,6 +107,7 @@ def _server(app, service):
             ssl_keyfile=config.tls_key,
             access_log=False,
             log_level="warning",
+            log_config=None if config.log_format == "json" else uvicorn.config.LOGGING_CONFIG,  # json: through ours
             timeout_graceful_shutdown=config.stop_grace + STOP_MARGIN,
         )
     )

@@ -14,6 +14,7 @@
     GET  /v1/feedback             the recorded feedback, newest first
     DELETE /v1/feedback/{id}      undo or prune an entry: its photo and its store view go too
     GET  /healthz, /readyz        alive; models loaded and store open
+    GET  /metrics                 Prometheus' text format (CATALOGUE_METRICS_KEY, else the API key)
     GET  /                        the page for store staff (static files, no build step, no CDN)
 
 Errors are JSON `{"error": one line, "status": code, "request_id": id}` with
@@ -38,8 +39,9 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from search.serve import bodies, errors
+from search.serve.metrics import count_refusals
 from search.serve.requestline import RequestLine
-from search.serve.routes import catalogue, feedback, health, page, search
+from search.serve.routes import catalogue, feedback, health, metrics, page, search
 from search.serve.service import Service
 
 
@@ -64,10 +66,11 @@ def create_app(service: Service) -> FastAPI:
     )
     app.state.service = service
     app.state.gate = bodies.Gate(slots=config.workers + config.queue, budget=int(config.upload_budget_mb * 2**20))
-    for area in (health, search, catalogue, feedback, page):
+    for area in (health, search, catalogue, feedback, metrics, page):
         app.include_router(area.router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     errors.install(app)
+    count_refusals(app, service.metrics)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -27,8 +27,9 @@ from search.serve.service import ShuttingDown
 class BatchingEncoder:
     """An encoder whose forwards are shared between threads; `embed` and `embed_batch` block the caller only."""
 
-    def __init__(self, encoder: Encoder, *, max_batch: int = 32, max_wait: float = 0.002):
+    def __init__(self, encoder: Encoder, *, max_batch: int = 32, max_wait: float = 0.002, observe=None):
         self.encoder = encoder
+        self.observe = observe  # called with each forward's size (the metrics' histogram)
         self.max_batch = max(1, max_batch)
         self.max_wait = max(0.0, max_wait)
         self._inbox: queue.Queue = queue.Queue()
@@ -126,6 +127,8 @@ class BatchingEncoder:
             return
         self.forwards += 1
         self.inputs += len(inputs)
+        if self.observe is not None:
+            self.observe(len(inputs))
         start = 0
         for items, done in waiting:
             done.set_result(vectors[start : start + len(items)])

@@ -26,6 +26,10 @@ class Refused(Exception):
     """No place or no budget for this body right now: retry in a moment."""
 
 
+class OverBudget(Refused):
+    """The uploads in flight hold the whole budget."""
+
+
 class TooLarge(Exception):
     def __init__(self, limit: int):
         super().__init__(f"the upload is larger than the {limit / 2**20:.3g} MB limit")
@@ -68,7 +72,7 @@ class Gate:
         if self.held >= self.slots:
             raise Refused("too many searches at once; retry in a moment")
         if self.held and self.held_bytes + size > self.budget:
-            raise Refused("too many uploads in flight; retry in a moment")
+            raise OverBudget("too many uploads in flight; retry in a moment")
         self.held += 1
         self.held_bytes += size
         try:

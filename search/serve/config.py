@@ -59,6 +59,7 @@ class ServeConfig:
     port: int = _setting("port")
     api_key: str | None = _setting("api_key")  # every /v1/ route asks for it
     feedback_key: str | None = _setting("feedback_key")  # /v1/feedback asks for it instead
+    metrics_key: str | None = _setting("metrics_key")  # /metrics asks for it instead
     open_feedback: bool | None = None  # feedback without any key; None: only when `host` is loopback
     cors_origins: tuple[str, ...] = ()
     tls_cert: str | None = None
@@ -66,6 +67,7 @@ class ServeConfig:
     max_upload_mb: float = _setting("max_upload_mb")
     upload_budget_mb: float = _setting("upload_budget_mb")  # what all uploads in flight may hold together
     read_timeout: float = _setting("read_timeout")  # seconds a client has to send a whole body
+    log_format: str = _setting("log_format")  # text, or json: one object per line
     url: str | None = None  # where this server answers, announced in an embedded store (handoff.py); set by `run`
 
     @property

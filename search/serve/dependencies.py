@@ -53,6 +53,14 @@ async def feedback_key(request: Request, config: ConfigDep) -> None:
         )
 
 
+async def metrics_key(request: Request, config: ConfigDep) -> None:
+    """/metrics: its own key when one is set (a scraper needs no power to search), else the API key; with
+    neither, open."""
+    required = config.metrics_key or config.api_key
+    if required and not _authorised(request, required):
+        raise _unauthorised("metrics key" if config.metrics_key else "API key")
+
+
 def admitted(limit_of: Callable[[Request], int]):
     """A route's dependency: its request holds a place for its body, and for its search, before a byte
     is read; refused at once (503) when the server is not ready or the places or the budget are taken.

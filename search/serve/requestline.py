@@ -1,14 +1,20 @@
-"""`RequestLine`: every request's id, and one log line per request, whatever becomes of it.
+"""`RequestLine`: every request's id, one log line and its metrics per request, whatever becomes of it.
 
 The line says: request id, method, path, status, milliseconds, the search's
 stage timings, and a note (a client gone, a request cancelled); never a key.
+`--log-format json` makes it, and every other log line, one JSON object
+(`JsonLines`) for a log shipper. The metrics count a request by its route's
+template (`/v1/products/{product_id}`), never its path: a path per product
+would make a series per product.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import sys
 import time
 import uuid
 
@@ -87,11 +93,15 @@ class RequestLine:
         except asyncio.CancelledError:  # the server stops: uvicorn cancels what its grace period did not finish
             request.state.note = "cancelled: the server is stopping"
             unread = False  # answer and close at once: no lingering while the server stops
+            request.app.state.service.metrics.refusals.labels("shutting_down").inc()
             await answer(503, "the server is stopping; retry in a moment", {"Retry-After": "2"})
         except Exception:
             log.exception("%s internal error", request_id)
             await answer(500, "internal error; the server log has the details under this request id")
-        _log_line(request, status, started)
+        seconds = time.perf_counter() - started
+        route = route_of(scope)
+        request.app.state.service.metrics.observe_request(request.method, route, status, seconds)
+        _log_line(request, route, status, seconds)
 
 
 async def _discard_body(receive) -> None:
@@ -105,15 +115,62 @@ async def _discard_body(receive) -> None:
                 return
 
 
-def _log_line(request: Request, status: int | None, started: float) -> None:
+def route_of(scope: dict) -> str:
+    """The template of the route that answered (`/v1/products/{product_id}`); a mounted app's folder
+    (`/static/{path}`); `unmatched` for a path no route knows."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    if scope.get("endpoint") is not None:
+        return scope.get("root_path", "") + "/{path}"
+    return "unmatched"
+
+
+def _log_line(request: Request, route: str, status: int | None, seconds: float) -> None:
     timings = request.state.timings or {}
+    fields = {
+        "request_id": request.state.request_id,
+        "method": request.method,
+        "route": route,
+        "path": request.url.path,
+        "status": status,
+        "ms": round(seconds * 1000, 1),
+        "stages": timings,
+        "note": request.state.note,
+    }
     log.info(
         "%s %s %s %s %.0fms%s%s",
         request.state.request_id,
         request.method,
         request.url.path,
         status or "-",
-        (time.perf_counter() - started) * 1000,
+        seconds * 1000,
         "".join(f" {k}={v}" for k, v in timings.items()),
         f" {request.state.note}" if request.state.note else "",
+        extra={"request": fields},
     )
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log line: a request's fields as they are, any other line as its message;
+    a traceback as one field, never lines of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name}
+        fields = getattr(record, "request", None)
+        line |= fields if fields is not None else {"message": record.getMessage()}
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure_logging(log_format: str) -> None:
+    """The process's log lines on stderr: text (time, level, message), or `json` (`JsonLines`), warnings
+    of Python's `warnings` included."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+        logging.captureWarnings(True)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])

@@ -41,6 +41,7 @@ from indexer.store.schema import (
 )
 from search.options import SearchOptions
 from search.serve.config import ServeConfig
+from search.serve.metrics import Metrics
 
 log = logging.getLogger("catalogue.serve")
 #: How long closing waits for threads still at work (a model forward, a watch sync's batch) after every
@@ -82,6 +83,9 @@ class Service:
         self.watch_state: dict = {}
         self._failing: dict[str, tuple] = {}  # files failing under --watch, as last logged
         self.started = time.time()
+        self.metrics = Metrics(
+            admitted=config.workers + config.queue, in_flight=lambda: (self._working, len(self._answers) - self._working)
+        )
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -131,9 +135,13 @@ class Service:
             self._sync(catalogue)  # a new store: index the folder before serving it
         from indexer.encoders import load_encoder
 
+        loading = time.perf_counter()
+
         def batching_loader(model: str, **options):
             encoder = load_encoder(model, threads=config.model_threads, **options)
-            return BatchingEncoder(encoder, max_batch=config.max_batch, max_wait=config.batch_wait)
+            return BatchingEncoder(
+                encoder, max_batch=config.max_batch, max_wait=config.batch_wait, observe=self.metrics.batch.observe
+            )
 
         self.searcher = Searcher(
             catalogue,
@@ -147,6 +155,7 @@ class Service:
 
         self.views = StoreViews(catalogue, searcher=self.searcher)
         self._warm_up()
+        self.metrics.model_load.set(time.perf_counter() - loading)
 
     def _warm_up(self) -> None:
         """One search of a photo-like JPEG (texture, a product, decoded from bytes like an upload), so the
@@ -266,10 +275,13 @@ class Service:
 
     def search_upload(self, data: bytes, name: str, options: SearchOptions, locate: str | None) -> dict:
         result = self.searcher.search_bytes_or_path(data, options, query=name, locate=locate)
+        self.metrics.observe_stages("photo", result.timings)
         return self._with_cards(result.to_dict())
 
     def search_text(self, text: str, options: SearchOptions) -> dict:
-        return self._with_cards(self.searcher.search_text(text, options, self._text()).to_dict())
+        result = self.searcher.search_text(text, options, self._text())
+        self.metrics.observe_stages("text", result.timings)
+        return self._with_cards(result.to_dict())
 
     def _with_cards(self, answer: dict) -> dict:
         """Each match with what its card shows (`--display`): the ranking itself never reads manifest fields."""
@@ -357,6 +369,7 @@ class Service:
         self, data: bytes, name: str, product_id: str | None, box, answered, by: str | None, origin: str = "api"
     ) -> dict:
         recorded = self.views.record(data, name=name, product_id=product_id, box=box, answered=answered, origin=origin, by=by)
+        self._recount()
         return recorded.to_dict()
 
     def feedback_entries(self, product_id: str | None, limit: int) -> dict:
@@ -364,6 +377,7 @@ class Service:
 
     def remove_feedback(self, entry_id: int) -> dict | None:
         removed = self.views.remove(entry_id)
+        self._recount()
         return None if removed is None else removed.to_dict()
 
     def info(self) -> dict:
@@ -395,6 +409,17 @@ class Service:
             self._products = len({payload.get(PRODUCT_ID) for _pid, payload in self.searcher.catalogue.scroll((PRODUCT_ID,))})
         except CatalogueError as exc:
             log.warning("cannot count products: %s", exc)
+        self._recount()
+
+    def _recount(self) -> None:
+        """The collection's counts on /metrics, set after the load, each watch pass and each feedback change."""
+        catalogue = self.searcher.catalogue
+        try:
+            counts = {"points": catalogue.count(), "store_views": catalogue.count(STORE_VIEWS), "feedback": len(self.views.log)}
+        except Exception as exc:  # noqa: BLE001 - a count never fails the feedback or the pass it follows
+            log.warning("cannot count the collection: %s", exc)
+            return
+        self.metrics.counted(self.config.collection, products=self._products, **counts)
 
     # -- keeping the index fresh --------------------------------------------------------------
 
@@ -426,6 +451,7 @@ class Service:
             except ShuttingDown:
                 return
             except CatalogueError as exc:
+                self.metrics.watch_errors.inc()
                 self.watch_state = {**self.watch_state, "last_error": str(exc), "at": time.time()}
                 if isinstance(exc, OptionError):
                     last = listing  # a refusal: nothing to retry until the folder changes
@@ -433,6 +459,7 @@ class Service:
                     log.warning("watch: %s", exc)
                     said = str(exc)
             except Exception as exc:  # keep watching; the log has the traceback
+                self.metrics.watch_errors.inc()
                 self.watch_state = {**self.watch_state, "last_error": f"internal error ({type(exc).__name__})", "at": time.time()}
                 if repr(exc) != said:
                     log.exception("watch: sync failed")
@@ -477,6 +504,7 @@ class Service:
             "store_views_restored": report.views_restored,
             "seconds": round(time.perf_counter() - started, 3),
         }
+        self.metrics.synced(self.watch_state)
         fresh = self._new_failures(scanned, report.failed)
         if changed or fresh:
             log.info(
