@@ -4,7 +4,10 @@ Differences from the embedded store that matter (README "Stores: embedded or
 server"): the server takes concurrent clients (a sync beside a running
 `search serve`), builds its indexes in the background (a sync waits for them
 at its end), and keeps the collection record in Qdrant's collection metadata
-(Qdrant >= 1.16) instead of a file.
+(Qdrant >= 1.16) instead of a file. Which collection a name serves is a
+Qdrant collection alias, switched in one `update_collection_aliases` call, so
+other services querying the name follow the switch too; the collection it
+replaced is kept in the new one's record (`replaced`), for the switch back.
 """
 
 from __future__ import annotations
@@ -80,7 +83,54 @@ class ServerStore:
         self._url = url
 
     def collection(self, name: str) -> ServerCatalogue:
-        return ServerCatalogue(self, name)
+        """The collection `name` serves: an alias's collection, resolved now (a switch later does not move it)."""
+        return ServerCatalogue(self, self.resolve(name))
+
+    # -- names: what live.py asks of a store ------------------------------------------
+
+    def names(self) -> list[str]:
+        with self.errors("listing collections"):
+            return sorted(c.name for c in self.client.get_collections().collections)
+
+    def record_of(self, name: str) -> dict:
+        return ServerCatalogue(self, name).record()
+
+    def aliases(self) -> dict[str, dict]:
+        with self.errors("listing collection aliases"):
+            found = self.client.get_aliases().aliases
+        return {
+            a.alias_name: {"collection": a.collection_name, "previous": self.record_of(a.collection_name).get("replaced")}
+            for a in found
+        }
+
+    def resolve(self, name: str) -> str:
+        return (self.aliases().get(name) or {}).get("collection") or name
+
+    def set_alias(self, alias: str, name: str, previous: str | None) -> None:
+        """Point the alias at `name` in one call: the server applies the delete and the create together."""
+        from qdrant_client import models as qm
+
+        if alias in self.names():
+            raise StoreUnavailable(
+                f"{alias!r} is a collection on Qdrant at {self.location}, and Qdrant cannot give an alias the name of a "
+                f"collection: serve the alias under another name (--collection), or drop {alias!r} first "
+                f"(indexer drop {alias}; there is no way back to it then)"
+            )
+        ServerCatalogue(self, name).update_metadata(replaced=previous)
+        operations = [qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=name, alias_name=alias))]
+        if alias in self.aliases():
+            operations.insert(0, qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
+        with self.errors(f"pointing {alias!r} at {name!r}"):
+            self.client.update_collection_aliases(change_aliases_operations=operations)
+
+    def forget_previous(self, name: str) -> None:
+        """Nothing to do: a `replaced` naming a dropped collection is refused by the switch back."""
+
+    def drop(self, name: str) -> None:
+        ServerCatalogue(self, name).drop()
+
+    def feedback_name(self, name: str) -> str:
+        return self.record_of(self.resolve(name)).get("serves") or name
 
     def describe(self) -> str:
         return f"Qdrant server {self.location}"
