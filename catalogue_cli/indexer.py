@@ -207,7 +207,7 @@ def sync(
     scanned = scan(dam, **rules)
     store, serves = sync_target(store, into)
     catalogue = open_catalogue(store, create=True)
-    serves = serves or catalogue.record().get("serves")  # a re-index in place keeps whose feedback it shares
+    serves = serves or catalogue.store.record_of(catalogue.name).get("serves")  # kept by a re-index (even of a bad record)
     bar = None
 
     def on_plan(total: int) -> None:

@@ -163,3 +163,30 @@ def test_serve_follows_the_switch_and_back_without_a_failed_request(synced, serv
             thread.join(60)
     assert set(statuses) == {200} and len(statuses) >= 9, [s for s in statuses if s != 200]
     assert client.get("/v1/info").json()["live"] == "catalogue"
+
+
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
+def test_on_a_qdrant_server_the_switch_is_a_collection_alias(tmp_path):
+    """The same rules over the server's own aliases (qdrant-client's local mode stands in for the server)."""
+    from qdrant_client import QdrantClient
+
+    from indexer.errors import StoreUnavailable
+    from indexer.store import live
+    from indexer.store.schema import ModelSpec
+    from indexer.store.server import ServerStore
+
+    server = ServerStore.__new__(ServerStore)
+    server.client, server.location, server._url = QdrantClient(":memory:"), "memory", ":memory:"
+    for name in ("v1", "v2"):
+        collection = server.collection(name)
+        collection.create([ModelSpec("m", 4)], root="/dam")
+        collection.update_metadata(serves="catalogue", built=1)
+    assert live.make_live(server, "catalogue", "v1").previous is None
+    assert live.make_live(server, "catalogue", "v2").previous == "v1"
+    assert server.client.get_aliases().aliases[0].collection_name == "v2"  # what other services querying the name see
+    assert server.collection("catalogue").name == "v2" and server.feedback_name("v2") == "catalogue"
+    assert live.switch_back(server, "catalogue").live == "v1"
+    with pytest.raises(StoreUnavailable, match="cannot give an alias the name of a collection"):
+        live.make_live(server, "v2", "v1")
+    live.drop(server, "catalogue", "v2")
+    assert server.names() == ["v1"]

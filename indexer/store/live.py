@@ -51,8 +51,9 @@ def make_live(store, alias: str, name: str) -> Switch:
     current = store.resolve(alias)
     if current == name:
         return Switch(alias, name, name)
-    store.set_alias(alias, name, current if current in store.names() else None)
-    return Switch(alias, name, current)
+    previous = current if current in store.names() else None
+    store.set_alias(alias, name, previous)
+    return Switch(alias, name, previous)
 
 
 def unfinished(record: dict) -> bool:

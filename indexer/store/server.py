@@ -113,8 +113,8 @@ class ServerStore:
         if alias in self.names():
             raise StoreUnavailable(
                 f"{alias!r} is a collection on Qdrant at {self.location}, and Qdrant cannot give an alias the name of a "
-                f"collection: serve the alias under another name (--collection), or drop {alias!r} first "
-                f"(indexer drop {alias}; there is no way back to it then)"
+                f"collection: point a new name at {name!r} (indexer live {name} --collection {alias}-live) and serve that "
+                f"name (search serve --collection {alias}-live)"
             )
         ServerCatalogue(self, name).update_metadata(replaced=previous)
         operations = [qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=name, alias_name=alias))]
