@@ -96,15 +96,18 @@ class ServerStore:
         return ServerCatalogue(self, name).record()
 
     def aliases(self) -> dict[str, dict]:
-        with self.errors("listing collection aliases"):
-            found = self.client.get_aliases().aliases
         return {
-            a.alias_name: {"collection": a.collection_name, "previous": self.record_of(a.collection_name).get("replaced")}
-            for a in found
+            alias: {"collection": name, "previous": self.record_of(name).get("replaced")}
+            for alias, name in self._alias_targets().items()
         }
 
     def resolve(self, name: str) -> str:
-        return (self.aliases().get(name) or {}).get("collection") or name
+        """One call to the server: `search serve` asks every second."""
+        return self._alias_targets().get(name) or name
+
+    def _alias_targets(self) -> dict[str, str]:
+        with self.errors("listing collection aliases"):
+            return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
 
     def set_alias(self, alias: str, name: str, previous: str | None) -> None:
         """Point the alias at `name` in one call: the server applies the delete and the create together."""
@@ -118,7 +121,7 @@ class ServerStore:
             )
         ServerCatalogue(self, name).update_metadata(replaced=previous)
         operations = [qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=name, alias_name=alias))]
-        if alias in self.aliases():
+        if alias in self._alias_targets():
             operations.insert(0, qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
         with self.errors(f"pointing {alias!r} at {name!r}"):
             self.client.update_collection_aliases(change_aliases_operations=operations)
