@@ -103,8 +103,8 @@ def after_sync(catalogue, report, model, quiet: bool, *, serves: str | None, eve
 def mark_build(catalogue, serves: str, *, done: bool) -> None:
     """A collection built to serve a live name says so (its feedback is that name's), and says when its build
     finished: `indexer live` refuses one still being built, or left half built."""
-    if not done:
-        catalogue.update_metadata(serves=serves, built=None)
+    if not done:  # `views_at`: photos confirmed later are caught up when search serve switches to it (live.py)
+        catalogue.update_metadata(serves=serves, built=None, views_at=time.time())
         return
     catalogue.build_index()  # the store views too: the first searches after the switch are fast
     catalogue.update_metadata(built=time.time())

@@ -12,6 +12,7 @@ import pytest
 from conftest import all_points, eventually, serve_holding
 
 RED = Path("generated") / "RED-BAG.png"
+PNG = {"Content-Type": "image/png"}
 
 
 def info(cli, store) -> dict:
@@ -137,7 +138,7 @@ def test_serve_follows_the_switch_and_back_without_a_failed_request(synced, serv
 
     def search() -> None:
         while not stop.is_set():
-            response = client.post("/v1/search", content=photo, headers={"Content-Type": "image/png"})
+            response = client.post("/v1/search", content=photo, headers=PNG)
             statuses.append(response.status_code)
 
     def dim() -> int:
@@ -148,8 +149,11 @@ def test_serve_follows_the_switch_and_back_without_a_failed_request(synced, serv
         thread.start()
     try:
         eventually(lambda: len(statuses) >= 3, awaited="searches on the old collection")
+        confirmed = client.post("/v1/feedback", params={"product_id": "RED-BAG"}, content=photo, headers=PNG)
+        assert confirmed.status_code == 201, confirmed.text  # after v2's views were made: caught up at the switch
         assert cli("indexer", "live", "v2", "--qdrant-path", store).exit_code == 0
         eventually(lambda: dim() == 24, timeout=60, awaited="the service to answer from the new model")
+        assert client.get("/v1/info").json()["store_views"] == 1
         eventually(lambda: released(store, "catalogue"), awaited="the old collection released once its searches ended")
         answered = len(statuses)
         eventually(lambda: len(statuses) >= answered + 3, awaited="searches on the new collection")

@@ -4,7 +4,8 @@ collection within seconds, without a restart and without a failed request.
 The name it serves (`--collection`) is looked up every `FOLLOW_INTERVAL`
 (live.json in an embedded store, the alias on a Qdrant server). When it
 points elsewhere, the new collection is opened and its models loaded and
-warmed up beside the old ones while the old ones keep answering; then one
+warmed up beside the old ones while the old ones keep answering, and the
+photos staff confirmed during its build become its store views; then one
 reference swap (`Service.adopt`) sends new searches to it. Searches admitted
 before the swap finish on the old collection, and only then are its
 encoders closed and the collection released (its lock too), so another
@@ -68,21 +69,40 @@ def switch(service, target: str) -> None:
         return
     # The new collection's own models (another model is the usual reason for a switch).
     searcher, views = service.pipeline(catalogue, None)
+    caught_up = _catch_up(catalogue, views)
     if service._stop.is_set():
         _retire(service, searcher, None)
         return
     before = service.adopt(searcher, views)
     log.info(
-        "live: answering from collection %r (%s) instead of %r, loaded in %.1f s",
+        "live: answering from collection %r (%s) instead of %r, loaded in %.1f s (%d store view(s) caught up)",
         catalogue.name,
         ", ".join(spec.model for spec in searcher.specs),
         old.catalogue.name,
         time.perf_counter() - started,
+        caught_up,
     )
     threading.Thread(target=service._count_products, name="count-products", daemon=True).start()
     _announce(service)
     wait(before, timeout=RETIRE_WAIT)
     _retire(service, old, old.catalogue.name)
+
+
+def _catch_up(catalogue, views) -> int:
+    """Photos confirmed while the new collection was being built, after its store views were made, become
+    views in it too (their products' views made again with its model); how many were restored."""
+    from datetime import UTC, datetime
+
+    since = catalogue.record().get("views_at")
+    if not since:
+        return 0
+    stamp = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    products = {e.product_id for e in views.log.entries() if e.product_id and e.created >= stamp}
+    if not products:
+        return 0
+    restored = views.restore(products=products)["restored"]
+    catalogue.update_metadata(views_at=time.time())
+    return restored
 
 
 def _retire(service, searcher, name: str | None) -> None:
