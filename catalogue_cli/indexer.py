@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from catalogue_cli.collections import after_sync, drop, live, print_collections, sync_target
 from catalogue_cli.errors import Commands
-from catalogue_cli.feedback import feedback, restore_after_sync
+from catalogue_cli.feedback import feedback
 from catalogue_cli.options import (
     SYNC_MODEL,
     ModelOptions,
@@ -34,11 +35,13 @@ def main() -> None:
     Examples:
       indexer sync ./dam --model efficientnet-lite0
       indexer sync ./dam --manifest products.csv --json
+      indexer sync ./dam --into catalogue-v2 --model fashion-clip   (then: indexer live catalogue-v2)
       indexer info
     """
 
 
-main.add_command(feedback)
+for command in (feedback, live, drop):
+    main.add_command(command)
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -135,7 +138,13 @@ storage_options = option_group(
 @model_options(SYNC_MODEL)
 @store_options
 @product_rules
-@click.option("--reindex", is_flag=True, help="Drop the collection and encode everything again (needed to change model).")
+@click.option("--reindex", is_flag=True, help="Drop the collection and encode everything again, in place (--into: beside it).")
+@click.option(
+    "--into",
+    metavar="NEW",
+    help="Build (or finish) collection NEW beside the live one: another model, other storage settings, a repair; its "
+    "store views come from the live one's feedback store. Searches keep the live one until: indexer live NEW.",
+)
 @max_delete_option
 @click.option("--dry-run", is_flag=True, help="Only report what would change.")
 @click.option("--batch-size", type=click.IntRange(1), help="Images per model batch [default: 32].")
@@ -166,6 +175,7 @@ def sync(
     store: StoreOptions,
     rules: dict,
     reindex: bool,
+    into: str | None,
     max_delete,
     dry_run: bool,
     batch_size: int | None,
@@ -195,7 +205,9 @@ def sync(
     from indexer.sync import sync as run_sync
 
     scanned = scan(dam, **rules)
+    store, serves = sync_target(store, into)
     catalogue = open_catalogue(store, create=True)
+    serves = serves or catalogue.store.record_of(catalogue.name).get("serves")  # kept by a re-index (even of a bad record)
     bar = None
 
     def on_plan(total: int) -> None:
@@ -230,9 +242,8 @@ def sync(
     finally:
         if bar is not None:
             bar.close()
-    if (reindex or report.returned) and not dry_run:
-        products = None if reindex else set(report.returned)
-        report.views_restored = restore_after_sync(catalogue, model, quiet, products)
+    if not dry_run:
+        after_sync(catalogue, report, model, quiet, serves=serves, everything=reindex or into is not None)
     _print_report(dam, report, as_json)
     if report.failed:
         raise SystemExit(EXIT_PARTIAL)
@@ -284,7 +295,7 @@ def _print_summary(dam: Path, report) -> None:
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(store: StoreOptions, as_json: bool) -> None:
-    """Show what a collection holds (models, DAM root, image and product counts) and the settings in effect.
+    """Show what a collection holds (models, DAM root, image and product counts), the others, the settings in effect.
 
     Settings come from environment variables, else their defaults; keys are
     only said to be set, never shown.
@@ -292,6 +303,7 @@ def info(store: StoreOptions, as_json: bool) -> None:
     from indexer import settings
     from indexer.errors import BadInputError
     from indexer.feedback import FeedbackLog
+    from indexer.store.live import listing
     from indexer.store.schema import STORE_VIEWS
 
     effective = settings.effective()  # a bad variable is refused before the store opens
@@ -300,9 +312,11 @@ def info(store: StoreOptions, as_json: bool) -> None:
         raise BadInputError(f"no collection '{store.collection}' in this store; create it with: indexer sync DAM_FOLDER")
     images = list(catalogue.indexed_images())
     meta = catalogue.record()
-    log = FeedbackLog.of(catalogue.store, store.collection)
+    log = FeedbackLog.of(catalogue.store, catalogue.name)
     data = {
         "collection": store.collection,
+        "live": catalogue.name,
+        "collections": listing(catalogue.store, store.collection),
         "images": len(images),
         "store_views": catalogue.count(STORE_VIEWS),
         "feedback": {"entries": len(log), "folder": str(log.folder)},
@@ -323,8 +337,9 @@ def info(store: StoreOptions, as_json: bool) -> None:
 
 
 def _print_info(data: dict) -> None:
+    live = "" if data["live"] == data["collection"] else f" (answering from collection {data['live']})"
     click.echo(
-        f"collection  {data['collection']} in the {data['store']}\nimages      {data['images']}\n"
+        f"collection  {data['collection']}{live} in the {data['store']}\nimages      {data['images']}\n"
         f"products    {data['products']}\nroot        {data['root']}"
     )
     for m in data["models"]:
@@ -343,6 +358,7 @@ def _print_info(data: dict) -> None:
     click.echo(
         f"confidence  {'calibrated on ' + calibration['source'] if calibration else 'built-in calibration (run search eval --calibrate)'}"
     )
+    print_collections(data["collections"])
     rows = [(s["env"], "-" if s["value"] is None else s["value"], s["source"]) for s in data["settings"].values()]
     click.echo("\n" + table(("setting", "value", "from"), rows, align="lll"))
 

@@ -13,6 +13,11 @@ def open_catalogue(store: StoreOptions, *, create: bool = False):
 
     `create`: a writer may make the embedded store's folder; readers refuse a path with no store.
     """
+    return open_named_store(store, create=create).collection(store.collection)
+
+
+def open_named_store(store: StoreOptions, *, create: bool = False):
+    """The store the options name (no collection opened yet), closed when the command ends."""
     from indexer.store import open_store
 
     if store.url and store.api_key and store.url.lower().startswith("http://"):
@@ -28,7 +33,7 @@ def open_catalogue(store: StoreOptions, *, create: bool = False):
         command=ctx.command_path,
     )
     ctx.call_on_close(opened.close)
-    return opened.collection(store.collection)
+    return opened
 
 
 def catalogue_or_server(store: StoreOptions, *, say: bool = False):

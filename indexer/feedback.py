@@ -21,7 +21,8 @@ rolls the row back and takes a photo it wrote away. What a crash can still
 leave (a half-written `.partial`, a photo whose row never committed) is
 cleaned the next time the store is opened for writing (`clean`).
 
-Where: $CATALOGUE_FEEDBACK_PATH/<collection> when set; else `feedback/<collection>`
+Where (<collection>: the live name, shared by the collections built to replace it):
+$CATALOGUE_FEEDBACK_PATH/<collection> when set; else `feedback/<collection>`
 inside an embedded store, or beside the default embedded store for a Qdrant server.
 """
 
@@ -120,7 +121,9 @@ class FeedbackLog:
 
     @classmethod
     def of(cls, store, collection: str) -> FeedbackLog:
-        """The feedback store of `collection` in `store` (an open embedded store or server connection)."""
+        """The feedback store of `collection` in `store` (an open embedded store or server connection); a
+        collection built to replace the live one (`indexer sync --into`) shares the live name's."""
+        collection = store.feedback_name(collection)
         explicit = settings.get("feedback_path")
         if explicit is not None:
             return cls(explicit / collection)

@@ -274,7 +274,8 @@ def test_store_held_by_another_process_names_it_and_exits_4(synced, cli, dam, st
             sys.executable,
             "-c",
             "from indexer.store import open_store; import sys; "
-            f"s = open_store(path={store!r}, command='search serve'); print('ready', flush=True); sys.stdin.readline()",
+            f"s = open_store(path={store!r}, command='search serve'); s.collection('catalogue'); "
+            "print('ready', flush=True); sys.stdin.readline()",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

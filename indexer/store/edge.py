@@ -2,7 +2,8 @@
 
 Layout of a store folder:
 
-    store.lock                       who holds the store (see lock.py)
+    locks/NAME.lock                  who holds each collection (see lock.py)
+    live.json                        which collection each name serves (see live.py), written atomically
     collections/NAME/shard/          one Edge shard per collection: WAL, segments, HNSW
     collections/NAME/collection.json this tool's record of the collection
     collections/NAME/index.pending   writes not indexed yet (the next sync builds the index)
@@ -10,8 +11,9 @@ Layout of a store folder:
 Edge has the server's query language (prefetch, formulas, filters, payload
 indexes, quantization) but no collections and no collection metadata: a
 collection is a shard folder, and its record is a JSON file beside it,
-written atomically. One process at a time: Edge locks its write-ahead log,
-and `StoreLock` says who holds it.
+written atomically. One process at a time in each collection: Edge locks
+each shard's write-ahead log, and `CollectionLock` says who holds it; other
+processes may use the store's other collections meanwhile.
 
 Engine failures (disk full, read-only mount, damaged files) become one-line
 `StoreUnavailable` errors naming the store and what to do.
@@ -24,6 +26,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -32,7 +35,7 @@ import numpy as np
 from indexer import settings
 from indexer.errors import BadInputError, StoreUnavailable, first_line
 from indexer.store.catalogue import Catalogue
-from indexer.store.lock import StoreLock
+from indexer.store.lock import CollectionLock
 from indexer.store.schema import (
     CANDIDATE_FIELDS,
     INDEXED_FIELDS,
@@ -47,6 +50,8 @@ from indexer.store.schema import (
 COLLECTIONS = "collections"
 SHARD = "shard"
 RECORD = "collection.json"
+#: Which collection each name serves: {name: {"collection": ..., "previous": ..., "since": ...}}.
+LIVE = "live.json"
 #: Present while writes have not been indexed yet: the next sync builds the index even if nothing changed.
 PENDING = "index.pending"
 #: HNSW parameters: Qdrant's defaults (their recall on points shaped like ours: `benchmarks/store_scale.py`).
@@ -61,7 +66,7 @@ WRITE_AMPLIFICATION = 4
 
 
 class EdgeStore:
-    """An embedded store folder, locked for this process until `close()`."""
+    """An embedded store folder; each collection it opens is locked for this process until `close()` or `release()`."""
 
     def __init__(self, root: Path, *, create: bool, command: str | None = None):
         self.root = root
@@ -77,17 +82,101 @@ class EdgeStore:
                     f"cannot create the embedded store at {root}: {exc.strerror or exc}; "
                     "choose a writable --qdrant-path (or CATALOGUE_QDRANT_PATH)"
                 ) from None
-        self._lock = StoreLock(root, command)
+        self._command = command
+        self._locks: dict[str, CollectionLock] = {}
         self._shards: dict[str, object] = {}
-        self._guard = threading.Lock()
+        self._guard = threading.RLock()
 
     def collection(self, name: str) -> EdgeCatalogue:
+        """The collection `name` serves (live.json), locked for this process."""
         from indexer.store.legacy import refuse_legacy
 
-        catalogue = EdgeCatalogue(self, name)
+        physical = self.resolve(name)
+        self._hold(physical)
+        catalogue = EdgeCatalogue(self, physical)
         if not catalogue.exists():
-            refuse_legacy(self.root, name)
+            refuse_legacy(self.root, physical)
         return catalogue
+
+    def _hold(self, name: str) -> None:
+        with self._guard:
+            if name not in self._locks:
+                self._locks[name] = CollectionLock(self.root, name, self._command)
+
+    def _let_go(self, name: str) -> None:
+        with self._guard:
+            lock = self._locks.pop(name, None)
+        if lock is not None:
+            lock.release()
+
+    # -- names: what live.py asks of a store ------------------------------------------
+
+    def names(self) -> list[str]:
+        """The collections in this store (their records), by name."""
+        folder = self.root / COLLECTIONS
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / RECORD).is_file())
+
+    def record_of(self, name: str) -> dict:
+        """A collection's record, read without opening (or locking) it."""
+        try:
+            record = json.loads((self.folder(name) / RECORD).read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def aliases(self) -> dict[str, dict]:
+        """live.json: for each name, the collection it serves and the one it served before."""
+        try:
+            found = json.loads((self.root / LIVE).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StoreUnavailable(
+                f"{self.root / LIVE} is unreadable ({first_line(exc)}); say which collection is live again: indexer live NAME"
+            ) from None
+        return found if isinstance(found, dict) else {}
+
+    def resolve(self, name: str) -> str:
+        """The collection `name` serves: the one live.json names, else the collection called `name`."""
+        return (self.aliases().get(name) or {}).get("collection") or name
+
+    def set_alias(self, alias: str, name: str, previous: str | None) -> None:
+        """Make `name` the collection `alias` serves, in one atomic replace of live.json."""
+        aliases = self.aliases()
+        aliases[alias] = {"collection": name, "previous": previous, "since": time.time()}
+        self._write_aliases(aliases)
+
+    def forget_previous(self, name: str) -> None:
+        """A dropped collection is nobody's way back any more."""
+        aliases = self.aliases()
+        if any(entry.get("previous") == name for entry in aliases.values()):
+            self._write_aliases(
+                {a: {**e, "previous": None if e.get("previous") == name else e.get("previous")} for a, e in aliases.items()}
+            )
+
+    def _write_aliases(self, aliases: dict) -> None:
+        path = self.root / LIVE
+        partial = path.with_name(f".{LIVE}.{os.getpid()}.partial")
+        try:
+            partial.write_text(json.dumps(aliases, indent=1))
+            with open(partial, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(partial, path)  # a reader (search serve) sees the old record or the new one, never half
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise StoreUnavailable(_explain(self.root, "writing which collection is live", str(exc))) from None
+
+    def drop(self, name: str) -> None:
+        """Delete a collection (locked first: refused while another process uses it)."""
+        self._hold(name)
+        self.forget(name)
+        self._let_go(name)
+
+    def feedback_name(self, name: str) -> str:
+        """The name a collection's feedback is kept under: the live name it was built to serve, else its own."""
+        return self.record_of(self.resolve(name)).get("serves") or name
 
     def describe(self) -> str:
         return f"embedded store {self.root}"
@@ -100,9 +189,8 @@ class EdgeStore:
                 with self.errors(f"closing collection {name!r}"):
                     shard.close()
         finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            for name in list(self._locks):
+                self._let_go(name)
 
     def __enter__(self) -> EdgeStore:
         return self
@@ -116,12 +204,13 @@ class EdgeStore:
         return self.root / COLLECTIONS / name
 
     def shard(self, name: str):
-        """The collection's open shard, loaded on first use."""
+        """The collection's open shard, loaded (and locked) on first use."""
         with self._guard:
             shard = self._shards.get(name)
             if shard is None:
                 import qdrant_edge as qe
 
+                self._hold(name)
                 # A damaged file can make the engine panic; its report goes to our one line, not the terminal.
                 with self.errors(f"opening collection {name!r}"), _engine_stderr_captured():
                     shard = qe.EdgeShard.load(str(self.folder(name) / SHARD))
@@ -133,6 +222,7 @@ class EdgeStore:
 
         path = self.folder(name) / SHARD
         with self._guard:
+            self._hold(name)
             if path.exists():  # left by a create that died before its record was written
                 shutil.rmtree(path)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,15 +232,19 @@ class EdgeStore:
             return shard
 
     def release(self, name: str) -> None:
-        """Close a collection's shard (it is loaded again on next use)."""
+        """Close a collection's shard and let go of its lock (both are taken again on next use)."""
         with self._guard:
             shard = self._shards.pop(name, None)
-        if shard is not None:
-            with self.errors(f"closing collection {name!r}"):
-                shard.close()
+        try:
+            if shard is not None:
+                with self.errors(f"closing collection {name!r}"):
+                    shard.close()
+        finally:
+            self._let_go(name)
 
     def forget(self, name: str) -> None:
-        """Close and delete a collection's files; its shard need not be loadable."""
+        """Close and delete a collection's files (its lock is kept: a re-index creates it again); its shard need
+        not be loadable."""
         with self._guard:
             shard = self._shards.pop(name, None)
         if shard is not None:

@@ -1,11 +1,14 @@
-"""One process at a time in an embedded store, and a message that names the one holding it.
+"""One process at a time in each collection of an embedded store, and a message that names the one holding it.
 
-The embedded engine locks its own write-ahead log, but a second process only
-learns "WouldBlock". Before opening anything, a store takes an exclusive
-lock on `store.lock` and writes who it is (pid, command, since when) into it,
-so the next process can say "in use by process 1234 (indexer sync ./dam)".
-The operating system drops the lock when the process ends, however it ends
-(kill -9 included): a stale file never blocks anyone.
+The embedded engine locks each shard's write-ahead log, but a second process
+only learns "WouldBlock". Before opening a collection, a store takes an
+exclusive lock on `locks/NAME.lock` and writes who it is (pid, command, since
+when) into it, so the next process can say "in use by process 1234 (indexer
+sync ./dam)". The lock is per collection, not per store: a new collection is
+built (`indexer sync --into NEW`) by one process while `search serve` answers
+from the live one in another. The operating system drops the lock when the
+process ends, however it ends (kill -9 included): a stale file never blocks
+anyone.
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ from pathlib import Path
 
 from indexer.errors import StoreInUse
 
-LOCK_FILE = "store.lock"
+LOCKS = "locks"
 
 
-class StoreLock:
-    """An exclusive, non-blocking lock on a store folder, held until `release()`."""
+class CollectionLock:
+    """An exclusive, non-blocking lock on one collection of a store folder, held until `release()`."""
 
-    def __init__(self, folder: Path, command: str | None = None):
+    def __init__(self, folder: Path, collection: str, command: str | None = None):
         import portalocker
 
-        self.path = folder / LOCK_FILE
+        self.path = folder / LOCKS / f"{collection}.lock"
         try:
+            self.path.parent.mkdir(exist_ok=True)
             self._handle = open(self.path, "a+")
             writable = True
         except OSError:
@@ -46,8 +50,8 @@ class StoreLock:
             self._handle.close()
             self._handle = None
             raise StoreInUse(
-                f"the embedded store {folder} is in use by {holder}; wait for it to finish or stop it, "
-                "or run a Qdrant server (--qdrant-url) for several processes at once",
+                f"collection {collection!r} of the embedded store {folder} is in use by {holder}; wait for it to finish "
+                "or stop it, or run a Qdrant server (--qdrant-url) for several processes at once",
                 folder=folder,
                 pid=pid,
                 command=holder_command,

@@ -4,7 +4,10 @@ Differences from the embedded store that matter (README "Stores: embedded or
 server"): the server takes concurrent clients (a sync beside a running
 `search serve`), builds its indexes in the background (a sync waits for them
 at its end), and keeps the collection record in Qdrant's collection metadata
-(Qdrant >= 1.16) instead of a file.
+(Qdrant >= 1.16) instead of a file. Which collection a name serves is a
+Qdrant collection alias, switched in one `update_collection_aliases` call, so
+other services querying the name follow the switch too; the collection it
+replaced is kept in the new one's record (`replaced`), for the switch back.
 """
 
 from __future__ import annotations
@@ -80,7 +83,57 @@ class ServerStore:
         self._url = url
 
     def collection(self, name: str) -> ServerCatalogue:
-        return ServerCatalogue(self, name)
+        """The collection `name` serves: an alias's collection, resolved now (a switch later does not move it)."""
+        return ServerCatalogue(self, self.resolve(name))
+
+    # -- names: what live.py asks of a store ------------------------------------------
+
+    def names(self) -> list[str]:
+        with self.errors("listing collections"):
+            return sorted(c.name for c in self.client.get_collections().collections)
+
+    def record_of(self, name: str) -> dict:
+        return ServerCatalogue(self, name).record()
+
+    def aliases(self) -> dict[str, dict]:
+        return {
+            alias: {"collection": name, "previous": self.record_of(name).get("replaced")}
+            for alias, name in self._alias_targets().items()
+        }
+
+    def resolve(self, name: str) -> str:
+        """One call to the server: `search serve` asks every second."""
+        return self._alias_targets().get(name) or name
+
+    def _alias_targets(self) -> dict[str, str]:
+        with self.errors("listing collection aliases"):
+            return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+
+    def set_alias(self, alias: str, name: str, previous: str | None) -> None:
+        """Point the alias at `name` in one call: the server applies the delete and the create together."""
+        from qdrant_client import models as qm
+
+        if alias in self.names():
+            raise StoreUnavailable(
+                f"{alias!r} is a collection on Qdrant at {self.location}, and Qdrant cannot give an alias the name of a "
+                f"collection: point a new name at {name!r} (indexer live {name} --collection {alias}-live) and serve that "
+                f"name (search serve --collection {alias}-live)"
+            )
+        ServerCatalogue(self, name).update_metadata(replaced=previous)
+        operations = [qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=name, alias_name=alias))]
+        if alias in self._alias_targets():
+            operations.insert(0, qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
+        with self.errors(f"pointing {alias!r} at {name!r}"):
+            self.client.update_collection_aliases(change_aliases_operations=operations)
+
+    def forget_previous(self, name: str) -> None:
+        """Nothing to do: a `replaced` naming a dropped collection is refused by the switch back."""
+
+    def drop(self, name: str) -> None:
+        ServerCatalogue(self, name).drop()
+
+    def feedback_name(self, name: str) -> str:
+        return self.record_of(self.resolve(name)).get("serves") or name
 
     def describe(self) -> str:
         return f"Qdrant server {self.location}"

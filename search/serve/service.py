@@ -79,6 +79,7 @@ class Service:
         self._changed = threading.Condition()  # guards both; notified when either shrinks
         self._loader: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
+        self._follower: threading.Thread | None = None  # follows `indexer live` (live.py)
         self.stragglers = False  # threads still at work when closing gave up waiting for them
         self.watch_state: dict = {}
         self._failing: dict[str, tuple] = {}  # files failing under --watch, as last logged
@@ -116,11 +117,13 @@ class Service:
         if self.config.watch is not None and not self._stop.is_set():
             self._watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
             self._watcher.start()
+        from search.serve.live import follow
+
+        self._follower = threading.Thread(target=follow, args=(self,), name="follow-live", daemon=True)
+        self._follower.start()
 
     def _load(self) -> None:
         from indexer.store import open_store
-        from search.query import Searcher
-        from search.serve.batching import BatchingEncoder
 
         config = self.config
         self.store = open_store(
@@ -133,7 +136,16 @@ class Service:
         catalogue = self.store.collection(config.collection)
         if config.watch is not None and not catalogue.exists():
             self._sync(catalogue)  # a new store: index the folder before serving it
+        self.searcher, self.views = self.pipeline(catalogue, config.model)
+
+    def pipeline(self, catalogue, model: str | None):
+        """(searcher, store views) over `catalogue`, its models loaded (their forwards batched) and warmed up."""
         from indexer.encoders import load_encoder
+        from search.query import Searcher
+        from search.serve.batching import BatchingEncoder
+        from search.views import StoreViews
+
+        config = self.config
 
         loading = time.perf_counter()
 
@@ -143,21 +155,26 @@ class Service:
                 encoder, max_batch=config.max_batch, max_wait=config.batch_wait, observe=self.metrics.batch.observe
             )
 
-        self.searcher = Searcher(
+        searcher = Searcher(
             catalogue,
-            model=config.model,
+            model=model,
             localiser=config.locate,
             detector_options=config.detector_options,
             encoder_loader=batching_loader,
             **config.model_loading,
         )
-        from search.views import StoreViews
-
-        self.views = StoreViews(catalogue, searcher=self.searcher)
-        self._warm_up()
+        self._warm_up(searcher)
         self.metrics.model_load.set(time.perf_counter() - loading)
+        return searcher, StoreViews(catalogue, searcher=searcher)
 
-    def _warm_up(self) -> None:
+    def adopt(self, searcher, views) -> list[Future]:
+        """Answer from another collection (`indexer live` switched it): one reference swap; the searches
+        admitted before it (returned) finish on the old one."""
+        with self._text_lock, self._changed:
+            self.searcher, self.views, self._text_encoder = searcher, views, None
+            return list(self._answers)
+
+    def _warm_up(self, searcher) -> None:
         """One search of a photo-like JPEG (texture, a product, decoded from bytes like an upload), so the
         first-call costs of the decoder, GrabCut and the models are paid before /readyz says ready."""
         import io
@@ -170,7 +187,7 @@ class Service:
         ImageDraw.Draw(picture).ellipse((120, 180, 360, 460), fill=(150, 40, 30))
         photo = io.BytesIO()
         picture.save(photo, "JPEG", quality=85)
-        self.searcher.search_bytes_or_path(photo.getvalue(), SearchOptions(), query="warm-up")
+        searcher.search_bytes_or_path(photo.getvalue(), SearchOptions(), query="warm-up")
 
     def stop(self, grace: float) -> None:
         """Take no more work: what waits in the queue is answered ShuttingDown now, what runs gets `grace`
@@ -219,7 +236,7 @@ class Service:
             while self._working and (left := deadline - time.monotonic()) > 0:
                 self._changed.wait(left)
             idle = not self._working
-        for thread in (self._loader, self._watcher):
+        for thread in (self._loader, self._watcher, self._follower):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
                 idle = idle and not thread.is_alive()
@@ -385,6 +402,7 @@ class Service:
         record = searcher.catalogue.record()
         return {
             "collection": self.config.collection,
+            "live": searcher.catalogue.name,  # the collection answering (indexer live)
             "store": self.store.describe(),
             "models": record.get("models", []),
             "runtime": [type(e.encoder).__name__ for e in searcher.encoders],
