@@ -96,6 +96,7 @@ def try_fit(searcher, entries, *, progress=None, min_confidence: float = DEFAULT
     flagged = [p < min_confidence for p, found_right in zip(predicted, right) if found_right]
     figures |= {
         "auc": round(float(roc_auc_score(right, predicted)), 4),
+        "auc_in_sample": quality["auc"],  # on the answers it was fitted on: how much leaving out costs
         "flagged_right": round(sum(flagged) / len(flagged), 4) if flagged else None,
         "signals": quality["signals"],
         "seconds": round(time.perf_counter() - started, 2),
