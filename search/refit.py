@@ -195,6 +195,7 @@ class Refitter:
 
     def refit(self) -> Trial:
         trial = try_fit(self.searcher, self.log.entries(newest_first=False), progress=self._halt_if_stopping)
+        self._halt_if_stopping()  # a server stopping meanwhile writes nothing more
         adopted = keep(self.searcher, trial)
         f = trial.figures
         log.info(
