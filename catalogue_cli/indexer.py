@@ -305,6 +305,7 @@ def info(store: StoreOptions, as_json: bool) -> None:
     from indexer.feedback import FeedbackLog
     from indexer.store.live import listing
     from indexer.store.schema import STORE_VIEWS
+    from search.confidence import Calibration
 
     effective = settings.effective()  # a bad variable is refused before the store opens
     catalogue = open_catalogue(store)
@@ -327,7 +328,8 @@ def info(store: StoreOptions, as_json: bool) -> None:
         "schema": meta.get("schema"),
         "storage": catalogue.settings().to_dict(),
         "store": catalogue.store.describe(),
-        "calibration": meta.get("calibration"),
+        "calibration": Calibration.from_metadata(meta.get("calibration")).to_metadata(),  # the one in force
+        "calibration_fits": meta.get("calibration_fits", []),
         "settings": effective,
     }
     if as_json:
@@ -354,10 +356,9 @@ def _print_info(data: dict) -> None:
         f"storage     quantization {storage['quantization']}, vectors {'on disk' if storage['on_disk'] else 'in memory'}, "
         f"exact search below {storage['hnsw_threshold']:,} points per segment"
     )
-    calibration = data["calibration"]
-    click.echo(
-        f"confidence  {'calibrated on ' + calibration['source'] if calibration else 'built-in calibration (run search eval --calibrate)'}"
-    )
+    from search.refit import describe
+
+    click.echo("\n".join(describe(data["calibration"], data["calibration_fits"])))
     print_collections(data["collections"])
     rows = [(s["env"], "-" if s["value"] is None else s["value"], s["source"]) for s in data["settings"].values()]
     click.echo("\n" + table(("setting", "value", "from"), rows, align="lll"))

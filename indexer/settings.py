@@ -155,6 +155,14 @@ SETTINGS: dict[str, Setting] = {
             "free disk the embedded store never writes into (MB)",
         ),
         Setting("max_store_views", "CATALOGUE_MAX_STORE_VIEWS", whole(0, 10), 10, "store views kept per product"),
+        Setting(
+            "refit_after",
+            "CATALOGUE_REFIT_AFTER",
+            whole(0, 30),
+            30,
+            "confirmed or corrected answers before search serve refits the confidence on them (0: never)",
+        ),
+        Setting("refit_every", "CATALOGUE_REFIT_EVERY", whole(1, 10), 10, "new such answers before it refits again"),
         # search serve
         Setting("host", "CATALOGUE_HOST", text, "127.0.0.1", "the address search serve listens on"),
         Setting("port", "CATALOGUE_PORT", whole(1, 8000, 65535), 8000, "its port"),

@@ -15,7 +15,8 @@ A logistic regression turns them into a probability, fitted on labelled
 photos: each photo once as it is (right or wrong top-1), once with its true
 products hidden (the "not in catalogue" case, always wrong), and every photo
 staff marked "not in the catalogue". `search eval --calibrate` (and
-`--calibrate --feedback`) fits it and stores it in the collection; until
+`--calibrate --feedback`) fits it by hand and stores it in the collection;
+`search serve` refits it on the store's own answers (search/refit.py); until
 then the built-in calibration applies (fitted on synthetic store photos of
 the sample catalogue with the offline ensemble: a starting point, not a
 promise). Calibrations stored before the agreement signals existed use top
@@ -37,6 +38,14 @@ DEFAULT_MIN_CONFIDENCE = 0.5
 #: delta E at which colour agreement reaches 0: the default colour threshold, so it does not move with a sweep.
 COLOUR_SCALE = DEFAULT_THRESHOLD
 SIGNALS = ("top", "margin", "views_agree", "encoders_agree", "colour_agree")
+#: Where a calibration comes from (`Calibration.kind`): shipped with the code, fitted by `search eval
+#: --calibrate`, or refitted by `search serve` on the store's own answers.
+BUILT_IN_KIND, BY_HAND, STORE_ANSWERS = "built-in", "search-eval", "refit"
+KINDS = {
+    BUILT_IN_KIND: "built-in (synthetic photos)",
+    BY_HAND: "fitted by hand (search eval --calibrate)",
+    STORE_ANSWERS: "fitted on the store's answers",
+}
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,8 @@ class Calibration:
     bias: float
     source: str  # where the fit came from, shown to users
     samples: int
+    kind: str = BY_HAND  # one of KINDS
+    figures: Mapping = field(default_factory=dict)  # how it scored when it was fitted (refits: leave-one-photo-out AUC...)
 
     def confidence(self, found: Mapping[str, float] | None) -> float | None:
         """Probability that the first product is the right one, from its signals."""
@@ -103,8 +114,20 @@ class Calibration:
         """Whether it weighs the views' or the encoders' agreement (which cost a search a vector fetch)."""
         return any(self.weights.get(name) for name in ("views_agree", "encoders_agree"))
 
+    @property
+    def fits_store(self) -> bool:
+        """Whether it was fitted for this collection (by hand or on its answers), not shipped with the code."""
+        return self.kind != BUILT_IN_KIND
+
     def to_metadata(self) -> dict:
-        return {"weights": dict(self.weights), "bias": self.bias, "source": self.source, "samples": self.samples}
+        return {
+            "weights": dict(self.weights),
+            "bias": self.bias,
+            "source": self.source,
+            "samples": self.samples,
+            "kind": self.kind,
+            "figures": dict(self.figures),
+        }
 
     @classmethod
     def from_metadata(cls, data: dict | None) -> Calibration:
@@ -114,7 +137,8 @@ class Calibration:
             weights = {str(k): float(v) for k, v in data["weights"].items()}
         else:  # stored before the agreement signals: top and margin
             weights = {"top": float(data["weight_top"]), "margin": float(data["weight_margin"])}
-        return cls(weights, float(data["bias"]), str(data["source"]), int(data["samples"]))
+        kind = str(data.get("kind") or BY_HAND)  # stored before kinds existed: by `search eval --calibrate`
+        return cls(weights, float(data["bias"]), str(data["source"]), int(data["samples"]), kind, dict(data.get("figures") or {}))
 
 
 #: The signal sets a calibration chooses from: score and margin, each agreement signal added, all.
@@ -154,6 +178,29 @@ def fit(
     if scores:
         quality["cross_validated_auc"] = {", ".join(k): v for k, v in scores.items()}
     return calibration, quality
+
+
+#: Beyond this many photos, `held_out` leaves out one of this many folds of whole photos at a time, not one photo.
+HELD_OUT_FOLDS = 100
+
+
+def held_out(
+    samples: Sequence[tuple[Mapping[str, float], bool]], groups: Sequence[int], names: Sequence[str] | None = None
+) -> list[float]:
+    """Each answer's confidence from a `fit` (its choice of signals included) on every other photo's
+    answers: what a calibration says of photos it was not fitted on (`names` fixes the signals). Past HELD_OUT_FOLDS photos, a
+    fold of photos is left out at a time, so the cost stops growing. Raises ValueError when a fit
+    without some photos lacks right or wrong answers."""
+    photos = sorted(set(groups))
+    fold = {photo: n % HELD_OUT_FOLDS for n, photo in enumerate(photos)}
+    predicted = [0.0] * len(samples)
+    for left_out in sorted(set(fold.values())):
+        others = [i for i, group in enumerate(groups) if fold[group] != left_out]
+        calibration, _ = fit([samples[i] for i in others], "held out", names, groups=[groups[i] for i in others])
+        for i, group in enumerate(groups):
+            if fold[group] == left_out:
+                predicted[i] = calibration.confidence(samples[i][0])
+    return predicted
 
 
 def _fit(samples, names: Sequence[str], source: str) -> Calibration:
@@ -204,4 +251,5 @@ BUILT_IN = Calibration(
     bias=-7.6030,
     source="built-in (300 synthetic photos of the sample catalogue, offline ensemble)",
     samples=600,
+    kind=BUILT_IN_KIND,
 )

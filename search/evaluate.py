@@ -188,6 +188,10 @@ class Evaluation:
         }
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def _rounded(found: dict[str, float] | None) -> dict[str, float] | None:
     return None if found is None else {k: round(v, 6) for k, v in found.items()}
 
@@ -287,9 +291,12 @@ def evaluate(
     ks: tuple[int, ...] = (1, 5, 10),
     filters: Filters = (),
     progress: Callable[[int], object] | None = None,
+    every_point: bool = True,
 ) -> Evaluation:
     """Each query once through the search pipeline, ranked under every setting. A query without
-    references is a photo of a product the catalogue lacks: it only feeds the confidence's negatives."""
+    references is a photo of a product the catalogue lacks: it only feeds the confidence's negatives.
+    `every_point` False: ranks reach no further than the candidates (enough for top-1 and the
+    confidence, and no fetch of the whole collection per photo)."""
     started = time.perf_counter()
     references = ReferenceIndex(searcher)
     skipped = list(skipped or [])
@@ -312,7 +319,7 @@ def evaluate(
         else:
             category = references.category.get(expected[0]) if expected else None
             result = QueryResult(query=query.name, expected=expected, category=category, photo=query.photo)
-            _rank_query(searcher, result, data, features, settings, options)
+            _rank_query(searcher, result, data, features, settings, options, every_point)
             result.seconds = time.perf_counter() - t0
             if expected:
                 results.append(result)
@@ -344,11 +351,12 @@ def _rank_query(
     features: QueryFeatures,
     settings: list[Setting],
     options: list[SearchOptions],
+    every_point: bool = True,
 ) -> None:
     """The photo through `Searcher.rankings` under every setting: its ranks, top-k and signals go to `result`."""
     # A photo staff confirmed is in the collection as a store view: leave it out, or it wins by itself.
     own_view = not_this_photo(hashlib.sha256(data).hexdigest())
-    rankings = searcher.rankings(features, options, leave_out=own_view, every_point=True)
+    rankings = searcher.rankings(features, options, leave_out=own_view, every_point=every_point)
     for setting, ranking in zip(settings, rankings):
         result.top_signals[setting.name] = ranking.signals()
         if result.expected:
@@ -435,6 +443,7 @@ def run_evaluation(
             )
         except ValueError as exc:
             raise BadInputError(f"cannot calibrate on {source}: {exc}") from None
+        calibration = replace(calibration, figures={"at": _now(), "auc_in_sample": calibrated["auc"]})
         searcher.catalogue.update_metadata(calibration=calibration.to_metadata())
         calibrated["stored_in"] = searcher.catalogue.name
     return EvalRun(evaluation, shown, best, confidence, calibrated, options)

@@ -135,6 +135,7 @@ class SearchResult:
     groups: list[Group]
     timings: dict[str, float] = field(default_factory=dict)
     size: tuple[int, int] | None = None  # the photo as decoded (upright): what the boxes refer to
+    calibrated_for_store: bool = False  # the confidence comes from a calibration fitted for this collection
 
     @property
     def matches(self) -> list[Match]:
@@ -149,6 +150,7 @@ class SearchResult:
             "height": self.size[1] if self.size else None,
             "confidence": None if first is None or first.confidence is None else round(first.confidence, 4),
             "confident": bool(first and first.confident),
+            "calibrated_for_store": self.calibrated_for_store,
             "matches": [m.to_dict() for m in self.matches],
             "groups": [g.to_dict() for g in self.groups],
             "timings_ms": {k: round(v * 1000, 1) for k, v in self.timings.items()},
@@ -413,11 +415,12 @@ class Searcher:
         found, beyond = nearest[: first.candidates], nearest[first.candidates :]
         t1 = time.perf_counter()
         evidence = functools.cache(lambda: self.evidence(features, found))
+        calibration = self.calibration  # once: a refit may replace it meanwhile
         rankings = []
         for options in settings:
             ranked = rank(found, features.palette, replace(options, top_k=len(found)), root=self.root, views_root=self.views_root)
-            found_signals = signals(ranked, evidence() if self.calibration.uses_agreement else None)
-            rankings.append(Ranking(features, options, ranked, self.calibration.confidence(found_signals), beyond, evidence))
+            found_signals = signals(ranked, evidence() if calibration.uses_agreement else None)
+            rankings.append(Ranking(features, options, ranked, calibration.confidence(found_signals), beyond, evidence))
         timings["query"] = timings.get("query", 0.0) + t1 - t0
         timings["rank"] = timings.get("rank", 0.0) + time.perf_counter() - t1
         return rankings
@@ -437,7 +440,13 @@ class Searcher:
         timings["query"] = timings["rank"] = 0.0
         groups = [self.rankings(features, [options], timings=timings)[0].group() for features in all_features]
         timings["total"] = time.perf_counter() - t
-        return SearchResult(query=query, groups=_distinct_groups(groups), timings=timings, size=image.size)
+        return SearchResult(
+            query=query,
+            groups=_distinct_groups(groups),
+            timings=timings,
+            size=image.size,
+            calibrated_for_store=self.calibration.fits_store,
+        )
 
     def text_model(self) -> int | None:
         """Index of the first encoder whose model has a text tower (CLIP family), or None."""

@@ -229,20 +229,42 @@ def test_the_page_fits_a_phone(server, browser, artefacts):
         browser.set_window_size(1280, 1000)
 
 
-def test_a_product_not_in_the_catalogue_is_flagged_not_sure(server, browser, artefacts, tmp_path):
+def test_with_the_built_in_calibration_an_unsure_answer_is_left_to_check_without_a_warning(server, browser, tmp_path):
     nothing = noise_photo(tmp_path / "nothing.png")
     answer = api_search(server, nothing)
-    assert answer["confident"] is False
+    assert answer["confident"] is False and answer["calibrated_for_store"] is False
 
     open_page(browser, server)
     search_photo(browser, nothing)
-    not_sure = browser.find_element("css selector", ".group .not-sure")
-    assert not_sure.is_displayed() and "Not sure" in not_sure.text and "not in the catalogue" in not_sure.text
-    assert browser.execute_script("return document.querySelector('.group').dataset.confident") == "false"
-    ids = browser.execute_script("return [...document.querySelectorAll('#results .product-id')].map(e => e.textContent)")
-    assert ids == [m["product_id"] for m in answer["matches"]]  # the candidates are still shown
-    assert browser.find_element("id", "status").text.startswith("Not sure")
-    screenshot(browser, artefacts / "page-not-sure.png")
+    assert not browser.find_elements("css selector", ".not-sure")  # the built-in calibration does not fit store photos
+    check = browser.find_element("css selector", ".group .verdict.check")
+    assert "Check the candidates" in check.text and "built-in calibration" in check.text
+    assert browser.find_element("id", "status").text.startswith("Closest: ")
+
+
+def test_a_product_not_in_the_catalogue_is_flagged_not_sure(stores, browser, artefacts, tmp_path):
+    """Once the store has its own calibration (here written as `search eval --calibrate` would)."""
+    from indexer.store import open_store
+    from search.confidence import BUILT_IN, BY_HAND
+
+    store = tmp_path / "calibrated"
+    shutil.copytree(stores[1], store)
+    with open_store(path=str(store)) as opened:
+        opened.collection("catalogue").update_metadata(calibration={**BUILT_IN.to_metadata(), "kind": BY_HAND})
+    nothing = noise_photo(tmp_path / "nothing.png")
+    with serving(store, tmp_path / "serve.log") as base:
+        answer = api_search(base, nothing)
+        assert answer["confident"] is False and answer["calibrated_for_store"] is True
+
+        open_page(browser, base)
+        search_photo(browser, nothing)
+        not_sure = browser.find_element("css selector", ".group .not-sure")
+        assert not_sure.is_displayed() and "Not sure" in not_sure.text and "not in the catalogue" in not_sure.text
+        assert browser.execute_script("return document.querySelector('.group').dataset.confident") == "false"
+        ids = browser.execute_script("return [...document.querySelectorAll('#results .product-id')].map(e => e.textContent)")
+        assert ids == [m["product_id"] for m in answer["matches"]]  # the candidates are still shown
+        assert browser.find_element("id", "status").text.startswith("Not sure")
+        screenshot(browser, artefacts / "page-not-sure.png")
 
 
 def test_the_category_filter_comes_from_the_collection_and_filters(server, browser):

@@ -7,6 +7,7 @@ check, what an indexed image is) live here once.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
@@ -36,6 +37,8 @@ class Catalogue(ABC):
     """One collection: its record (schema, models, root, calibration, settings) and its points."""
 
     name: str
+    #: One read-modify-write of a record at a time in this process (a refit beside a watch sync).
+    _record_lock = threading.Lock()
 
     # -- primitives, one implementation per engine ---------------------------------
 
@@ -114,7 +117,8 @@ class Catalogue(ABC):
 
     def update_metadata(self, **fields) -> None:
         """Set fields of this tool's record (`root`, `calibration`), keeping the others."""
-        self._write_record({**self.record(), **fields})
+        with self._record_lock:
+            self._write_record({**self.record(), **fields})
 
     def check_models(self, wanted: list[str], loaded: list[ModelSpec] | None = None) -> None:
         """Refuse to mix models: an existing collection only takes vectors of the models it records.

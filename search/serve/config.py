@@ -54,6 +54,10 @@ class ServeConfig:
     watch_interval: float = 2.0
     max_delete: DeleteLimit = field(default_factory=_default_max_delete)  # a watch pass deleting more is refused
     stop_grace: float = 5.0  # on a stop, how long running searches get to finish
+    # Refitting the confidence on the store's answers (search/refit.py).
+    refit_after: int = _setting("refit_after")  # answers naming a product before the first refit; 0: never
+    refit_every: int = _setting("refit_every")  # new such answers before the next
+    refit_quiet: float = 5.0  # seconds without a new answer before a refit starts
     # HTTP: where it listens, who may call it, and the bodies it reads.
     host: str = _setting("host")
     port: int = _setting("port")

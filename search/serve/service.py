@@ -80,6 +80,7 @@ class Service:
         self._loader: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
         self._follower: threading.Thread | None = None  # follows `indexer live` (live.py)
+        self.refitter = None  # refits the confidence on the store's answers (search/refit.py), once loaded
         self.stragglers = False  # threads still at work when closing gave up waiting for them
         self.watch_state: dict = {}
         self._failing: dict[str, tuple] = {}  # files failing under --watch, as last logged
@@ -114,6 +115,7 @@ class Service:
         self.ready.set()
         log.info("ready: collection %r in the %s, %d images", self.config.collection, self.store.describe(), self.searcher.images)
         threading.Thread(target=self._count_products, name="count-products", daemon=True).start()
+        self.refitter.nudge()  # answers collected before this start may be due a fit
         if self.config.watch is not None and not self._stop.is_set():
             self._watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
             self._watcher.start()
@@ -137,6 +139,16 @@ class Service:
         if config.watch is not None and not catalogue.exists():
             self._sync(catalogue)  # a new store: index the folder before serving it
         self.searcher, self.views = self.pipeline(catalogue, config.model)
+        from search.refit import Refitter
+
+        self.refitter = Refitter(
+            self.searcher,
+            self.views.log,
+            min_answers=config.refit_after,
+            every=config.refit_every,
+            quiet=config.refit_quiet,
+            stop=self._stop,
+        )
 
     def pipeline(self, catalogue, model: str | None):
         """(searcher, store views) over `catalogue`, its models loaded (their forwards batched) and warmed up."""
@@ -172,6 +184,8 @@ class Service:
         admitted before it (returned) finish on the old one."""
         with self._text_lock, self._changed:
             self.searcher, self.views, self._text_encoder = searcher, views, None
+            if self.refitter is not None:  # the refit follows: it fits the collection that answers
+                self.refitter.searcher, self.refitter.log = searcher, views.log
             return list(self._answers)
 
     def _warm_up(self, searcher) -> None:
@@ -236,7 +250,7 @@ class Service:
             while self._working and (left := deadline - time.monotonic()) > 0:
                 self._changed.wait(left)
             idle = not self._working
-        for thread in (self._loader, self._watcher, self._follower):
+        for thread in (self._loader, self._watcher, self._follower, self.refitter and self.refitter.thread):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
                 idle = idle and not thread.is_alive()
@@ -387,6 +401,7 @@ class Service:
     ) -> dict:
         recorded = self.views.record(data, name=name, product_id=product_id, box=box, answered=answered, origin=origin, by=by)
         self._recount()
+        self.refitter.nudge()  # the refit, if one is due, runs on its own thread
         return recorded.to_dict()
 
     def feedback_entries(self, product_id: str | None, limit: int) -> dict:
@@ -412,7 +427,8 @@ class Service:
             "feedback": len(self.views.log),
             "products": self._products,
             "categories": sorted(searcher.catalogue.facet(CATEGORY)),
-            "calibration": searcher.calibration.to_metadata(),
+            "calibration": searcher.calibration.to_metadata(),  # the one in force: its kind, source and figures
+            "calibration_fits": record.get("calibration_fits", []),
             "text": self.has_text(),
             "locate": self.config.locate,
             "storage": searcher.catalogue.settings().to_dict(),

@@ -25,6 +25,9 @@
   let blobUrls = []; // object URLs of the current results, revoked when they are replaced
   let serverInfo = {}; // /v1/info: does the model have a text tower?
   let answers = []; // one per located product of the shown photo: what staff said about it
+  // Whether the shown answer's confidence comes from a calibration fitted for this store. The built-in one was
+  // fitted on synthetic photos and flags most right answers on real ones: it never says "Not sure" on its own.
+  let calibratedForStore = false;
   let pendingSave = null; // feedback refused for want of the feedback key: retried once the key is entered
 
   class ApiError extends Error {
@@ -214,6 +217,7 @@
     for (const url of blobUrls) URL.revokeObjectURL(url);
     blobUrls = [];
     const groups = (result.groups || []).filter((g) => g.matches.length);
+    calibratedForStore = Boolean(result.calibrated_for_store);
     answers = [];
     const parts = [];
     if (query.file) parts.push(await photo(query.file, result, groups));
@@ -268,6 +272,12 @@
   function verdict(group) {
     if (group.confident) {
       return make("p", { className: "verdict sure", textContent: `Likely match (confidence ${percent(group.confidence)}).` });
+    }
+    if (!calibratedForStore) {
+      return make("div", { className: "verdict check" },
+        make("p", { textContent: "Check the candidates: compare the photo with them." }),
+        make("p", { textContent: `Confidence ${percent(group.confidence)}, from the built-in calibration, `
+          + "not yet fitted to this store's photos: it learns from the answers staff confirm." }));
     }
     return make("div", { className: "verdict not-sure" },
       make("p", {}, make("strong", { textContent: "Not sure." }),
@@ -508,7 +518,8 @@
     const first = groups[0];
     const best = first.matches[0];
     const named = `${best.product_id}${best.category ? `, ${best.category}` : ""}`;
-    const lead = first.confident ? `Best match: ${named}.` : `Not sure. Closest: ${named}. Check the candidates.`;
+    const unsure = calibratedForStore ? `Not sure. Closest: ${named}.` : `Closest: ${named}.`;
+    const lead = first.confident ? `Best match: ${named}.` : `${unsure} Check the candidates.`;
     return groups.length > 1 ? `${groups.length} products found in the photo. ${lead}` : lead;
   }
 
