@@ -73,6 +73,13 @@ sweep_options = option_group(
 @click.option(
     "--calibrate", is_flag=True, help="Fit the 'no confident match' calibration on these photos and store it in the collection."
 )
+@click.option(
+    "--compare-with",
+    "other",
+    metavar="COLLECTION",
+    help="Also measure this collection of the same store (a re-index built beside the live one, with its own "
+    "models) on the same photos, and show both side by side.",
+)
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON, per-query ranks included.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -87,6 +94,7 @@ def eval_command(
     grid,
     report: Path | None,
     calibrate: bool,
+    other: str | None,
     store: StoreOptions,
     as_json: bool,
     quiet: bool,
@@ -100,6 +108,10 @@ def eval_command(
     answers, per-category accuracy, with and without colour re-scoring, and
     with --sweep the best alpha/threshold of a grid (photos are encoded once).
 
+    With --compare-with NEW, the same photos are also measured on the
+    collection NEW (its own models): a re-index built beside the live one
+    (indexer sync --into NEW) is judged before `indexer live NEW`.
+
     \b
     Exit codes: 0 done, 3 bad input (folder, CSV, nothing to evaluate),
     4 store unavailable, 5 model mismatch.
@@ -108,6 +120,8 @@ def eval_command(
 
     if use_feedback == bool(queries or ground_truth) or (not use_feedback and not (queries and ground_truth)):
         raise click.UsageError("give --queries with --ground-truth, or --feedback")
+    if other and calibrate:
+        raise click.UsageError("--calibrate fits one collection: run it without --compare-with")
     truth = None if use_feedback else read_ground_truth(ground_truth)
     pipeline = searcher(open_catalogue(store), model, locate)
     labelled, skipped, source = _labelled(pipeline, queries, truth)
@@ -128,11 +142,44 @@ def eval_command(
 
         write_report(run.evaluation, report, shown_setting=run.shown, reference_images=pipeline.reference_images())
         click.echo(f"Report written to {report}", err=True)
+    compared = (
+        _compared(pipeline, other, model, locate, labelled, options, cutoffs, grid, skipped, source, quiet) if other else None
+    )
     if as_json:
-        emit_json(run.to_dict(pipeline))
+        emit_json({**run.to_dict(pipeline), **({"compared": compared[0].to_dict(compared[1])} if compared else {})})
         return
     _print_evaluation(run.evaluation, store.collection, pipeline, run.shown, run.best, sweep=grid is not None)
     _print_confidence(run, options.min_confidence, store.collection)
+    if compared:
+        _print_side_by_side([(pipeline, run), (compared[1], compared[0])], cutoffs)
+
+
+def _compared(
+    pipeline, other: str, model: ModelOptions, locate: LocateOptions, labelled, options, cutoffs, grid, skipped, source, quiet
+):
+    """(the run, its searcher) of the same photos on collection `other` of the same store, with its own models."""
+    from dataclasses import replace
+
+    from search.evaluate import run_evaluation
+
+    catalogue = pipeline.catalogue.store.collection(other)
+    other_pipeline = searcher(catalogue, replace(model, model=None), locate)
+    with progress_bar(len(labelled), f"evaluating {other}", enabled=not quiet) as bar:
+        run = run_evaluation(
+            other_pipeline, labelled, options, ks=cutoffs, sweep=grid, skipped=list(skipped), source=source, progress=bar.update
+        )
+    return run, other_pipeline
+
+
+def _print_side_by_side(runs, ks: tuple[int, ...]) -> None:
+    """The shown setting's figures of each collection, one column each."""
+    metrics = [run.evaluation.metrics(run.shown) for _, run in runs]
+    rows = [[f"top-{k}"] + [f"{m[f'top{k}']:.1%}" for m in metrics] for k in ks]
+    rows.append(["MRR"] + [f"{m['mrr']:.3f}" for m in metrics])
+    rows.append(["median rank"] + ["-" if m["median_rank"] is None else f"{m['median_rank']:g}" for m in metrics])
+    rows.append(["confidence AUC"] + ["-" if not run.confidence else f"{run.confidence['auc']:.3f}" for _, run in runs])
+    headers = [""] + [f"{p.catalogue.name} ({', '.join(s.model for s in p.specs)})" for p, _ in runs]
+    click.echo("\nSide by side, the same photos:\n" + table(headers, rows, align="l" + "r" * len(runs)))
 
 
 def _labelled(pipeline, queries: Path | None, truth) -> tuple[list, list, str]:

@@ -117,6 +117,24 @@ def test_eval_on_the_new_collection_uses_the_same_confirmed_photos(synced, cli, 
         assert json.loads(result.stdout)["queries"] == 1
 
 
+def test_eval_compares_the_new_collection_with_the_live_one_side_by_side(synced, cli, dam, store, other_clip, tmp_path):
+    photo = tmp_path / "shelf.png"
+    photo.write_bytes((dam / RED).read_bytes())
+    confirm(cli, store, photo)
+    build_beside(cli, dam, store, other_clip)
+    same = ("search", "eval", "--feedback", "--compare-with", "v2", "--qdrant-path", store, "-q")
+    result = cli(*same, "--json")
+    assert result.exit_code == 0, result.output
+    both = json.loads(result.stdout)
+    assert (both["collection"], both["compared"]["collection"]) == ("catalogue", "v2")
+    assert both["models"] != both["compared"]["models"] and both["queries"] == both["compared"]["queries"] == 1
+    shown = cli(*same)
+    assert shown.exit_code == 0 and "Side by side" in shown.stdout
+    assert all(name in shown.stdout.split("Side by side")[1] for name in ("catalogue (", "v2 (", "top-1", "MRR"))
+    refused = cli(*same, "--calibrate")
+    assert refused.exit_code == 2 and "--compare-with" in refused.stderr
+
+
 @pytest.mark.slow
 def test_build_runs_while_search_serve_holds_the_live_collection(synced, cli, dam, store, other_clip):
     with serve_holding(store) as port:
