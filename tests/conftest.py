@@ -336,13 +336,18 @@ def wait_for_http(port: int, timeout: float = 120) -> None:
     )
 
 
+def serve_argv(store, port: int, *options: str) -> list[str]:
+    """The command line of `search serve` on the embedded `store` at `port` (as tests start it in a process)."""
+    return [sys.executable, "-m", "catalogue_cli.search", "serve", "--qdrant-path", str(store), "--port", str(port), *options]
+
+
 @contextlib.contextmanager
 def serve_holding(store: str, **env: str):
     """`search serve` as a process on the embedded `store` (so it holds it), with extra environment;
     yields its port once ready, stops it afterwards."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "catalogue_cli.search", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
+        serve_argv(store, port, "--locate", "none"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, **env},

@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import error_of, eventually, free_port, serve_holding, studio_shot, wait_for_http
+from conftest import error_of, eventually, free_port, serve_argv, serve_holding, studio_shot, wait_for_http
 from PIL import Image
 
 RED = Path("generated") / "RED-BAG.png"
@@ -307,7 +307,7 @@ def test_serve_command_starts_answers_and_stops(synced, store, dam):
 
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "catalogue_cli.search", "serve", "--qdrant-path", store, "--port", str(port), "--locate", "none"],
+        serve_argv(store, port, "--locate", "none"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -407,20 +407,7 @@ def test_serve_over_tls(synced, store, tmp_path):
     )
     port = free_port()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "catalogue_cli.search",
-            "serve",
-            "--qdrant-path",
-            store,
-            "--port",
-            str(port),
-            "--tls-cert",
-            str(cert),
-            "--tls-key",
-            str(key),
-        ],
+        serve_argv(store, port, "--tls-cert", str(cert), "--tls-key", str(key)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import DATA, eventually, free_port, studio_shot, wait_for_http
+from conftest import DATA, eventually, free_port, serve_argv, studio_shot, wait_for_http
 from PIL import Image
 
 READ_TIMEOUT = 2  # seconds a body has to arrive (--read-timeout)
@@ -55,19 +55,7 @@ def server(tmp_path_factory, clip_with_tokenizer):
     args += ["--max-upload-mb", str(MAX_UPLOAD / 2**20)]
     with log.open("w") as err:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "catalogue_cli.search",
-                "serve",
-                "--qdrant-path",
-                str(store),
-                "--port",
-                str(port),
-                "--locate",
-                "none",
-                *args,
-            ],
+            serve_argv(str(store), port, "--locate", "none", *args),
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
@@ -328,18 +316,7 @@ def test_an_upload_cancelled_at_shutdown_is_one_line(tmp_path, store, synced):
     port = free_port()
     with log.open("w") as err:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "catalogue_cli.search",
-                "serve",
-                "--qdrant-path",
-                store,
-                "--port",
-                str(port),
-                "--locate",
-                "none",
-            ],
+            serve_argv(store, port, "--locate", "none"),
             stdout=subprocess.DEVNULL,
             stderr=err,
         )

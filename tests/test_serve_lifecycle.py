@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import eventually, free_port, wait_for_http
+from conftest import eventually, free_port, serve_argv, wait_for_http
 
 RED = Path("generated") / "RED-BAG.png"
 BURST = 80  # searches of at least 100 ms each, one at a time: longer than the 5 s grace
@@ -28,19 +28,7 @@ STOP_DEADLINE = 5 + 10 + 15
 
 def start(store: str, port: int, *options: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "catalogue_cli.search",
-            "serve",
-            "--qdrant-path",
-            store,
-            "--port",
-            str(port),
-            "--locate",
-            "none",
-            *options,
-        ],
+        serve_argv(store, port, "--locate", "none", *options),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
