@@ -20,7 +20,10 @@ each it prints:
   query p50/95  the 100 nearest by cosine, then the colour formula (prefetch + formula: the
               one query of docs/schema.md; `search image` re-scores the same 100 in numpy)
   recall@10   of the cosine top 10 against exact search (numpy, same vectors)
-  RSS         peak resident memory of the build and of the query process
+  RSS         peak resident memory of the build and of the query process (ru_maxrss)
+  peaks       per build phase (upsert, index), sampled from the parent: anonymous pages
+              (RssAnon, the memory the build needs), pages of mapped store files (RssFile,
+              which the kernel drops under pressure) and VmHWM (what ru_maxrss reports)
 The baseline is the previous embedded backend (qdrant-client local mode) on the
 same points, in the same run, up to --baseline-max points (it takes minutes at 100k).
 """
@@ -122,6 +125,7 @@ def build(engine: str, folder: Path, size: int, quantization: str, on_disk: bool
     if engine == "edge":
         from indexer.store import ModelSpec, Point, StorageSettings, open_store
 
+        print("phase upsert", flush=True)
         store = open_store(path=folder, create=True)
         catalogue = store.collection("catalogue")
         catalogue.create(
@@ -136,6 +140,7 @@ def build(engine: str, folder: Path, size: int, quantization: str, on_disk: bool
             t = time.perf_counter()
             catalogue.upsert(batch)
             upsert_seconds += time.perf_counter() - t
+        print("phase index", flush=True)
         t = time.perf_counter()
         catalogue.build_index()
         index_seconds = time.perf_counter() - t
@@ -255,10 +260,27 @@ def query(engine: str, folder: Path, size: int, count: int, truth_file: Path) ->
 
 
 def run_phase(*args: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--phase", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"phase {args[0]} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """One phase in its own process, its memory sampled from here (the engine's calls hold the child's GIL)."""
+    from edge_build_memory import Sampler  # the same sampler as the engine-only script, beside this one
+
+    errors = tempfile.TemporaryFile("w+")
+    child = subprocess.Popen([sys.executable, __file__, "--phase", *args], stdout=subprocess.PIPE, stderr=errors, text=True)
+    sampler = Sampler(child.pid)
+    sampler.start()
+    lines = []
+    for line in child.stdout:
+        if line.startswith("phase "):
+            sampler.sample()
+            sampler.phase = line.split()[1]
+        else:
+            lines.append(line)
+    sampler.running = False
+    if child.wait() != 0:
+        errors.seek(0)
+        raise SystemExit(f"phase {args[0]} failed:\n{errors.read()[-2000:]}")
+    result = json.loads(lines[-1])
+    result["peaks"] = {phase: {k: v for k, v in peak.items() if k != "files"} for phase, peak in sampler.peaks.items()}
+    return result
 
 
 def main() -> None:
@@ -297,6 +319,10 @@ def main() -> None:
                 built = run_phase("build", code, str(folder), str(size), args.quantization, "1" if args.on_disk else "0")
                 queried = run_phase("query", code, str(folder), str(size), str(args.queries), str(truth))
                 rows.append((size, engine, built, queried))
+                peaks = "; ".join(
+                    f"{phase} {p['anon']:,}/{p['file']:,}/{p['hwm']:,}" for phase, p in built["peaks"].items() if phase != "start"
+                )
+                print(f"{size:>9,} {engine:10s} build peaks anonymous/file/VmHWM MB: {peaks}", flush=True)
                 print(
                     f"{size:>9,} {engine:10s} upsert {built['upsert_per_s']:8.0f}/s  index {built['index_s']:6.1f} s  "
                     f"open {queried['open_s']:5.2f} s  query p50 {queried['p50_ms']:6.1f} ms p95 {queried['p95_ms']:6.1f} ms  "
